@@ -1,0 +1,84 @@
+"""One error hierarchy for the whole serving path, each class carrying its gRPC status.
+
+    ServingError (INTERNAL)
+    ├── InvalidInput (INVALID_ARGUMENT)
+    ├── ModelNotFound (NOT_FOUND)
+    │   └── VersionNotFound (NOT_FOUND)
+    ├── ModelNotReady (UNAVAILABLE)
+    ├── BackendUnavailable (UNAVAILABLE)
+    ├── ResourceExhausted (RESOURCE_EXHAUSTED)
+    ├── Unsupported (UNIMPLEMENTED)
+    ├── RepositoryError (FAILED_PRECONDITION)
+    └── UpstreamError (the upstream's own code)
+
+The mapping to a gRPC status happens in one place, `serving.interceptor`. The message of a
+`ServingError` is written for the client; any other exception is logged and answered as
+INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "BackendUnavailable",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelNotReady",
+    "RepositoryError",
+    "ResourceExhausted",
+    "ServingError",
+    "Unsupported",
+    "UpstreamError",
+    "VersionNotFound",
+]
+
+
+class ServingError(Exception):
+    """Base class: an error whose message is safe and useful to send to the client."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class VersionNotFound(ModelNotFound):
+    pass
+
+
+class ModelNotReady(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class BackendUnavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unsupported(ServingError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class RepositoryError(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UpstreamError(ServingError):
+    """An upstream service answered with an error: its code and details pass through."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,32 @@
+"""Settings of a framework service, parsed once in `__main__` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings"]
+
+
+class ServiceSettings(BaseSettings):
+    """A TensorFlow or PyTorch service. Environment variables use the `TWINSERVE_` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="TWINSERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    # Written with the bound port once the server listens (lets tests and launchers use port 0).
+    port_file: Path | None = None
+    model_repository: Path = Path("models")
+    # Versions of each model to load at start: the newest N.
+    latest_versions: int = Field(default=1, ge=1)
+    inference_threads: int = Field(default=2, ge=1)
+    device: str = "cpu"
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Seconds in-flight calls get to finish after SIGTERM.
+    grace_period_s: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"

@@ -23,7 +23,8 @@ venv: $(STAMP)
 $(PB_STAMP): $(PROTOS) $(STAMP)
 	mkdir -p serving/pb
 	$(PY) -m grpc_tools.protoc -Iserving/pb=proto --python_out=. --pyi_out=. \
-		--grpc_python_out=. $(PROTOS)
+		--grpc_python_out=. --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+		--mypy_grpc_out=. $(PROTOS)
 	touch serving/pb/__init__.py $@
 
 proto: $(PB_STAMP)

@@ -69,9 +69,7 @@ _CONTENTS_FIELD: Final[dict[str, str]] = {
 }
 
 _FROM_NUMPY: Final[dict[np.dtype[Any], str]] = {
-    dtype.newbyteorder("="): name
-    for name, dtype in _NUMPY.items()
-    if name not in ("BF16", "BYTES")
+    dtype.newbyteorder("="): name for name, dtype in _NUMPY.items() if name not in ("BF16", "BYTES")
 }
 
 _LENGTH = struct.Struct("<I")
@@ -104,14 +102,16 @@ def _check_datatype(name: str, datatype: str) -> np.dtype[Any]:
 
 
 def _bf16_to_fp32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype("<u4") << 16).view("<f4")
+    widened: np.ndarray = bits.astype("<u4") << 16
+    return widened.view("<f4")
 
 
 def _fp32_to_bf16(values: np.ndarray) -> np.ndarray:
     # Round to nearest even on the dropped 16 bits.
     bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype("<u2")
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    rounded: np.ndarray = (bits + rounding) >> 16
+    return rounded.astype("<u2")
 
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
@@ -171,8 +171,7 @@ def _decode_typed(
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
-            f"input '{name}': {datatype} has no typed contents field; send it in "
-            "raw_input_contents"
+            f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents"
         )
     used = [desc.name for desc, _ in contents.ListFields()]
     if any(other != field for other in used):
@@ -207,8 +206,6 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) ->
 def decode_inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
     inputs = request.inputs
     raw = request.raw_input_contents
-    if not inputs:
-        raise InvalidInput("the request has no inputs")
     typed = [i.name for i in inputs if i.HasField("contents") and i.contents.ListFields()]
     if raw and typed:
         raise InvalidInput(

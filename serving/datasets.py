@@ -10,7 +10,9 @@ HOUSE_PRICE_INPUT = "size_sqft"
 HOUSE_PRICE_OUTPUT = "price_k"
 
 
-def house_price(n: int = 256, *, seed: int = 0, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def house_price(
+    n: int = 256, *, seed: int = 0, noise: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """House sizes 500..2750 sq ft and prices in thousands: price = 0.2 x size (+ noise).
 
     Returns float32 arrays of shape [n, 1].

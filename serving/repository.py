@@ -77,9 +77,7 @@ class ModelRepository:
         root.mkdir(parents=True, exist_ok=True)
 
     def models(self) -> list[str]:
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
 
     def versions(self, model: str) -> list[int]:
         """Complete versions of `model`, oldest first."""
@@ -117,11 +115,11 @@ class ModelRepository:
         `<model>/<version>` atomically, on error it is removed."""
         directory = self.root / check_model_name(model)
         directory.mkdir(parents=True, exist_ok=True)
+        existing = self.versions(model)
+        version = (existing[-1] if existing else 0) + 1
         staging = directory / f".tmp-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            existing = self.versions(model)
-            version = (existing[-1] if existing else 0) + 1
             yield version, staging
             if not (staging / META_FILE).is_file():
                 raise RepositoryError(f"new version of '{model}' was written without metadata")

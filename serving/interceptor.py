@@ -1,0 +1,88 @@
+"""The one place where exceptions become gRPC statuses."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from serving.errors import ServingError
+
+__all__ = ["ErrorInterceptor", "status_of"]
+
+logger = logging.getLogger(__name__)
+
+_GENERIC = "internal error; the server log has the details"
+
+
+def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
+    """Maps an exception to (code, client-safe message); unexpected ones are logged."""
+    if isinstance(exc, ServingError):
+        return exc.code, exc.message
+    logger.error("unexpected error in %s", method or "request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, _GENERIC
+
+
+UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
+
+def _wrap_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc, method)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: StreamBehavior, method: str) -> StreamBehavior:
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc, method)
+            await context.abort(code, message)
+
+    return wrapper
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        unary = handler.unary_unary
+        if unary is not None and inspect.iscoroutinefunction(unary):
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(cast(UnaryBehavior, unary), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        stream = handler.stream_stream
+        if stream is not None and inspect.isasyncgenfunction(stream):
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(cast(StreamBehavior, stream), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

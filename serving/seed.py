@@ -1,0 +1,74 @@
+"""Trains the seed model (`house_price`) into a repository that lacks it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from serving.backend import Backend, TrainSpec
+from serving.datasets import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT, house_price
+from serving.repository import ModelRepository, VersionMeta
+
+__all__ = ["SEED_MODEL", "seed_repository", "train_version"]
+
+logger = logging.getLogger(__name__)
+
+SEED_MODEL = "house_price"
+
+
+def train_version(
+    repository: ModelRepository, backend: Backend, model: str, spec: TrainSpec, dataset: str
+) -> int:
+    """Trains `spec` and stores it as the next version of `model`; returns the version."""
+    with repository.new_version(model) as (version, staging):
+        result = backend.train(spec, staging)
+        meta = VersionMeta(
+            framework=backend.framework,
+            platform=backend.platform,
+            architecture=spec.architecture,
+            signature=result.signature,
+            metrics=result.metrics,
+            hyperparameters={
+                "epochs": spec.epochs,
+                "batch_size": spec.batch_size,
+                "learning_rate": spec.learning_rate,
+                "seed": spec.seed,
+                "validation_split": spec.validation_split,
+            },
+            dataset=dataset,
+        )
+        repository.write_meta(staging, meta)
+    return version
+
+
+def seed_repository(repository: ModelRepository, backend: Backend, *, samples: int = 256) -> bool:
+    """Trains `house_price` if the repository has no version of it; True if it trained."""
+    if SEED_MODEL in repository.models() and repository.versions(SEED_MODEL):
+        return False
+    x, y = house_price(samples)
+    spec = TrainSpec(
+        architecture="linear",
+        x=x,
+        y=y,
+        input_name=HOUSE_PRICE_INPUT,
+        output_name=HOUSE_PRICE_OUTPUT,
+    )
+    version = train_version(repository, backend, SEED_MODEL, spec, f"house_price(n={samples})")
+    model = backend.load(repository.path(SEED_MODEL, version), spec.architecture)
+    try:
+        prediction = float(
+            model.predict({HOUSE_PRICE_INPUT: np.array([[1800.0]], np.float32)})[
+                HOUSE_PRICE_OUTPUT
+            ][0, 0]
+        )
+    finally:
+        model.close()
+    logger.info(
+        "trained %s version %d with %s: 1800 sq ft -> %.2f",
+        SEED_MODEL,
+        version,
+        backend.framework,
+        prediction,
+    )
+    return True

@@ -1,0 +1,123 @@
+"""Builds and runs a framework service: the inference servicer, health, reflection, and a
+graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving.backend import Backend
+from serving.dataplane import DataPlane
+from serving.interceptor import ErrorInterceptor
+from serving.manager import ModelManager
+from serving.pb import inference_pb2 as pb
+from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.repository import ModelRepository
+from serving.servicer import InferenceServicer
+from serving.settings import ServiceSettings
+
+__all__ = ["Service", "create_server", "grpc_options", "serve", "wait_for_signal"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def project_version() -> str:
+    try:
+        return package_version("twinserve")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Two servers on one port by accident must fail loudly, not share traffic.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class Service:
+    """A started-or-not server and the parts a caller may need to drive or drain it."""
+
+    server: grpc.aio.Server
+    port: int
+    servicer: InferenceServicer
+    health: health.aio.HealthServicer
+    manager: ModelManager
+    dataplane: DataPlane
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.servicer.ready = True
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking new calls, lets in-flight ones finish within `grace` seconds."""
+        self.servicer.ready = False
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.dataplane.close()
+        self.manager.close()
+
+
+async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
+    """Loads the repository's models and binds a server (not yet started)."""
+    repository = ModelRepository(settings.model_repository)
+    manager = ModelManager(repository, backend, latest=settings.latest_versions)
+    await asyncio.to_thread(manager.load_all)
+    dataplane = DataPlane(manager, threads=settings.inference_threads, framework=backend.framework)
+    servicer = InferenceServicer(
+        dataplane, manager, name=f"twinserve-{backend.framework}", version=project_version()
+    )
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()], options=grpc_options(settings.max_message_bytes)
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    return Service(server, port, servicer, health_servicer, manager, dataplane)
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(settings: ServiceSettings, backend: Backend) -> None:
+    service = await create_server(settings, backend)
+    await service.start()
+    logger.info(
+        "%s service listening on %s:%d (models: %s)",
+        backend.framework,
+        settings.host,
+        service.port,
+        ", ".join(service.manager.ready_names()) or "none",
+    )
+    if settings.port_file is not None:
+        # Written whole then renamed, so a reader never sees a half-written port.
+        partial = settings.port_file.with_suffix(".partial")
+        partial.write_text(f"{service.port}\n")
+        partial.replace(settings.port_file)
+    await wait_for_signal()
+    logger.info("draining (grace %.1fs)", settings.grace_period_s)
+    await service.stop(settings.grace_period_s)

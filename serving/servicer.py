@@ -1,0 +1,207 @@
+"""GRPCInferenceService: translates protobuf messages to core calls and back, nothing more.
+
+Errors are raised as `ServingError`s and turned into statuses by `serving.interceptor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+from serving.dataplane import DataPlane
+from serving.interceptor import status_of
+from serving.manager import ModelManager
+from serving.pb import inference_pb2 as pb
+from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.translate import request_from_pb, response_to_pb
+from serving.types import Signature
+
+__all__ = ["EXTENSIONS", "InferenceServicer"]
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+EXTENSIONS = (
+    "binary_tensor_data",
+    "parameters",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+)
+
+_DATATYPE_ENUM = {
+    name: getattr(pb, f"TYPE_{'STRING' if name == 'BYTES' else name}")
+    for name in (
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+        "BF16",
+    )
+}
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, dataplane: DataPlane, manager: ModelManager, *, name: str, version: str
+    ) -> None:
+        self.dataplane = dataplane
+        self.manager = manager
+        self.name = name
+        self.version = version
+        self.ready = False  # set once models are loaded, cleared when draining
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=self.name, version=self.version, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        loaded = self.manager.get(request.name, request.version)
+        versions = (
+            [request.version]
+            if request.version
+            else [str(v) for v in self.manager.loaded_versions(request.name)]
+        )
+        response = pb.ModelMetadataResponse(
+            name=loaded.name, versions=versions, platform=loaded.meta.platform
+        )
+        _fill_tensors(response, loaded.meta.signature)
+        return response
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        # An unknown model is reported before anything about the inputs, as Triton does.
+        self.manager.get(request.model_name, request.model_version)
+        return response_to_pb(await self.dataplane.infer(request_from_pb(request)))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # A bad request in a stream answers with error_message and the stream goes on, as
+        # in Triton; only transport failures end it.
+        async for request in request_iterator:
+            try:
+                self.manager.get(request.model_name, request.model_version)
+                result = await self.dataplane.infer(request_from_pb(request))
+            except Exception as exc:
+                _, message = status_of(exc, "ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response_to_pb(result))
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        loaded = self.manager.get(request.name, request.version)
+        meta = loaded.meta
+        config = pb.ModelConfig(
+            name=loaded.name,
+            platform=meta.platform,
+            backend=meta.framework,
+            max_batch_size=0,  # dims below include the batch dimension (-1)
+            version_policy=pb.ModelVersionPolicy(
+                latest=pb.ModelVersionPolicy.Latest(num_versions=self.manager.latest)
+            ),
+        )
+        for spec in meta.signature.inputs:
+            config.input.add(
+                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape
+            )
+        for spec in meta.signature.outputs:
+            config.output.add(
+                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape
+            )
+        config.parameters["architecture"].string_value = meta.architecture
+        config.parameters["framework"].string_value = meta.framework
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self.manager.get(request.name, request.version)
+        response = pb.ModelStatisticsResponse()
+        for (name, version), stats in sorted(self.dataplane.stats.snapshot().items()):
+            if request.name and name != request.name:
+                continue
+            if request.version and str(version) != request.version:
+                continue
+            entry = response.model_stats.add(
+                name=name,
+                version=str(version),
+                last_inference=stats.last_inference_ms,
+                inference_count=stats.inference_count,
+                execution_count=stats.execution_count,
+            )
+            entry.inference_stats.success.count = stats.success.count
+            entry.inference_stats.success.ns = stats.success.ns
+            entry.inference_stats.fail.count = stats.fail.count
+            entry.inference_stats.fail.ns = stats.fail.ns
+            entry.inference_stats.compute_infer.count = stats.compute_infer.count
+            entry.inference_stats.compute_infer.ns = stats.compute_infer.ns
+        return response
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.manager.index():
+            if request.ready and state != "READY":
+                continue
+            response.models.add(name=name, version=version, state=state, reason=reason)
+        return response
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.manager.aload(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        self.manager.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _fill_tensors(response: pb.ModelMetadataResponse, signature: Signature) -> None:
+    for spec in signature.inputs:
+        response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    for spec in signature.outputs:
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)

@@ -241,7 +241,9 @@ def _read_config(version_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
         names = ("architecture", "input_name", "output_name")
-        if not (all(isinstance(config[k], str) for k in names) and isinstance(config["kwargs"], dict)):
+        if not (
+            all(isinstance(config[k], str) for k in names) and isinstance(config["kwargs"], dict)
+        ):
             raise TypeError("wrong field types")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RepositoryError(f"{path} is not a valid PyTorch model config: {exc}") from exc

@@ -1,0 +1,182 @@
+"""The gateway's GRPCInferenceService: picks a framework per call and forwards the message
+unchanged, with a deadline. Upstream statuses pass through (see `Upstream.call`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeAlias
+
+import grpc
+
+from gateway.routing import FRAMEWORK_PARAM, Router
+from gateway.upstream import Upstream
+from serving.codec import param_from_pb
+from serving.interceptor import status_of
+from serving.pb import inference_pb2 as pb
+from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.servicer import EXTENSIONS
+
+__all__ = ["GatewayServicer"]
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metadata(context: Context) -> dict[str, str]:
+    return {
+        key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)
+    }
+
+
+class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, upstreams: Mapping[str, Upstream], router: Router, *, timeout: float, version: str
+    ) -> None:
+        self.upstreams = dict(upstreams)
+        self.router = router
+        self.timeout = timeout
+        self.version = version
+
+    def _deadline(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        return self.timeout if remaining is None else max(0.0, min(self.timeout, remaining))
+
+    def _pick(self, model: str, context: Context) -> Upstream:
+        return self.upstreams[self.router.choose(model, _metadata(context))]
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, metadata: dict[str, str], timeout: float
+    ) -> pb.ModelInferResponse:
+        params = {
+            key: param_from_pb(value)
+            for key, value in request.parameters.items()
+            if key == FRAMEWORK_PARAM
+        }
+        upstream = self.upstreams[self.router.choose(request.model_name, metadata, params)]
+        return await upstream.call(upstream.stub.ModelInfer, request, timeout)
+
+    # ---- health ----
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: Context
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: Context
+    ) -> pb.ServerReadyResponse:
+        # Asked live (not from the watcher's cache) so a client sees the state of now.
+        timeout = min(2.0, self._deadline(context))
+        states = await asyncio.gather(*(u.probe(timeout) for u in self.upstreams.values()))
+        return pb.ServerReadyResponse(ready=bool(states) and all(states))
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="twinserve-gateway", version=self.version, extensions=EXTENSIONS
+        )
+
+    # ---- per-model calls, routed ----
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: Context
+    ) -> pb.ModelReadyResponse:
+        upstream = self._pick(request.name, context)
+        return await upstream.call(upstream.stub.ModelReady, request, self._deadline(context))
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        upstream = self._pick(request.name, context)
+        return await upstream.call(upstream.stub.ModelMetadata, request, self._deadline(context))
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: Context
+    ) -> pb.ModelConfigResponse:
+        upstream = self._pick(request.name, context)
+        return await upstream.call(upstream.stub.ModelConfig, request, self._deadline(context))
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        upstream = self._pick(request.name, context)
+        return await upstream.call(upstream.stub.ModelStatistics, request, self._deadline(context))
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: Context
+    ) -> pb.ModelInferResponse:
+        return await self._infer(request, _metadata(context), self._deadline(context))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        metadata = _metadata(context)
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request, metadata, self.timeout)
+            except Exception as exc:
+                _, message = status_of(exc, "ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(
+                        model_name=request.model_name, id=request.id
+                    ),
+                )
+                continue
+            yield pb.ModelStreamInferResponse(infer_response=response)
+
+    # ---- repository: every backend unless the client names one ----
+
+    def _targets(
+        self, context: Context, params: Mapping[str, pb.ModelRepositoryParameter]
+    ) -> list[Upstream]:
+        named = params.get(FRAMEWORK_PARAM)
+        chosen = self.router.explicit(
+            _metadata(context),
+            {FRAMEWORK_PARAM: named.string_param} if named is not None else None,
+        )
+        return [self.upstreams[chosen]] if chosen else list(self.upstreams.values())
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        timeout = self._deadline(context)
+        targets = self._targets(context, {})
+        answers = await asyncio.gather(
+            *(u.call(u.stub.RepositoryIndex, request, timeout) for u in targets)
+        )
+        merged = pb.RepositoryIndexResponse()
+        for answer in answers:
+            merged.models.extend(answer.models)
+        return merged
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._on_each(
+            self._targets(context, request.parameters), "RepositoryModelLoad", request, context
+        )
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._on_each(
+            self._targets(context, request.parameters), "RepositoryModelUnload", request, context
+        )
+        return pb.RepositoryModelUnloadResponse()
+
+    async def _on_each(
+        self, targets: list[Upstream], method: str, request: Any, context: Context
+    ) -> None:
+        """Runs a repository call on each target; succeeds if any target succeeds (a model
+        usually lives in one framework's repository), else raises the first error."""
+        timeout = self._deadline(context)
+        results = await asyncio.gather(
+            *(u.call(getattr(u.stub, method), request, timeout) for u in targets),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if len(errors) == len(results):
+            raise errors[0]

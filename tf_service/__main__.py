@@ -1,0 +1,12 @@
+"""`python -m tf_service [serve|seed]`: the TensorFlow service."""
+
+from serving.main import run
+from tf_service.backend import TFBackend
+
+
+def main() -> None:
+    run(lambda settings: TFBackend(), prog="python -m tf_service")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""`python -m torch_service [serve|seed]`: the PyTorch service."""
+
+from serving.main import run
+from torch_service.backend import TorchBackend
+
+
+def main() -> None:
+    run(lambda settings: TorchBackend(device=settings.device), prog="python -m torch_service")
+
+
+if __name__ == "__main__":
+    main()

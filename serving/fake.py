@@ -43,10 +43,11 @@ class _AffineModel:
 
 
 class AffineBackend:
-    framework = "fake"
     platform = "numpy_affine"
 
-    def __init__(self, gate: threading.Event | None = None) -> None:
+    def __init__(self, *, framework: str = "fake", gate: threading.Event | None = None) -> None:
+        # `framework` lets one test stand up fake "tensorflow" and "pytorch" services.
+        self.framework = framework
         self.gate = gate
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:

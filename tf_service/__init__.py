@@ -8,6 +8,7 @@ import os
 # lets an operator who exported TF_CPP_MIN_LOG_LEVEL (e.g. to debug) keep their own level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tf_service.backend import TFBackend  # noqa: E402  (must follow the environment setting)
+# After the environment setting, which TensorFlow reads once, at import.
+from tf_service.backend import TFBackend
 
 __all__ = ["TFBackend"]

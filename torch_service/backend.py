@@ -146,7 +146,10 @@ def _build(
     if architecture not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
         raise error(f"unknown architecture '{architecture}': PyTorch supports {known}")
-    return ARCHITECTURES[architecture](**kwargs)
+    try:
+        return ARCHITECTURES[architecture](**kwargs)
+    except TypeError as exc:  # kwargs from a config written by another version of the code
+        raise error(f"architecture '{architecture}' does not take {sorted(kwargs)}") from exc
 
 
 def _check_data(spec: TrainSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,13 +187,15 @@ def _fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
     metrics: dict[str, float] = {}
     for epoch in range(1, spec.epochs + 1):
-        metrics = {"loss": _epoch(model, optimizer, x_train, y_train, spec.batch_size, generator)}
+        loss = _epoch(
+            model, optimizer, x_train, y_train, batch_size=spec.batch_size, generator=generator
+        )
+        metrics = {"loss": loss}
         if n_val:
             with torch.no_grad():
                 val_pred = model.forward_normalized(x_val)
-                metrics["val_loss"] = float(
-                    nn.functional.mse_loss(val_pred, model.normalize_target(y_val))
-                )
+                val_loss = nn.functional.mse_loss(val_pred, model.normalize_target(y_val))
+            metrics["val_loss"] = float(val_loss)
         if spec.on_epoch is not None:
             spec.on_epoch(epoch, dict(metrics))
     # Without a validation split the RMSE falls back to the training rows.
@@ -206,16 +211,19 @@ def _epoch(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     batch_size: int,
     generator: torch.Generator,
 ) -> float:
     """One shuffled pass; returns the mean loss over rows, as Keras reports it."""
     model.train()
     total = torch.zeros((), device=x.device)
-    for batch in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    # torch.split and autograd.backward: the typed spellings of .split() and .backward().
+    for batch in torch.split(order, batch_size):
         loss = nn.functional.mse_loss(model.forward_normalized(x[batch]), y[batch])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         total += loss.detach() * len(batch)
     model.eval()

@@ -141,7 +141,7 @@ def test_unknown_architecture_is_invalid_input(backend: TorchBackend, tmp_path: 
 
 
 def test_loading_an_empty_directory_fails(backend: TorchBackend, tmp_path: Path) -> None:
-    with pytest.raises(RepositoryError, match="torch_config.json"):
+    with pytest.raises(RepositoryError, match=r"torch_config\.json"):
         backend.load(tmp_path, "linear")
 
 

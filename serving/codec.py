@@ -108,13 +108,23 @@ def _bf16_to_fp32(bits: np.ndarray) -> np.ndarray:
 
 def _fp32_to_bf16(values: np.ndarray) -> np.ndarray:
     # Round to nearest even on the dropped 16 bits.
-    bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+    floats = np.ascontiguousarray(values, dtype="<f4")
+    bits = floats.view("<u4")
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     rounded: np.ndarray = (bits + rounding) >> 16
+    # Rounding a NaN's mantissa can carry into the exponent (NaN -> inf, -0.0 or 0.0):
+    # keep its sign and make it a quiet NaN instead.
+    rounded = np.where(np.isnan(floats), (bits >> 16) | np.uint32(0x0040), rounded)
     return rounded.astype("<u2")
 
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    # Every element has at least its 4-byte length: checked before allocating `count` slots.
+    if count * _LENGTH.size > len(raw):
+        raise InvalidInput(
+            f"input '{name}': {count} BYTES elements need at least {count * _LENGTH.size} "
+            f"bytes of length prefixes, the data holds {len(raw)}"
+        )
     out = np.empty(count, dtype=np.object_)
     offset, end = 0, len(raw)
     for i in range(count):
@@ -139,10 +149,14 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
     return out
 
 
+def _as_bytes(item: Any) -> bytes:
+    return item.encode() if isinstance(item, str) else bytes(item)
+
+
 def serialize_bytes(values: np.ndarray) -> bytes:
     parts: list[bytes] = []
     for item in values.ravel():
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        data = _as_bytes(item)
         parts.append(_LENGTH.pack(len(data)))
         parts.append(data)
     return b"".join(parts)
@@ -159,6 +173,11 @@ def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) ->
             f"input '{name}': raw contents hold {len(raw)} bytes, but shape {list(shape)} "
             f"of {datatype} needs {expected}"
         )
+    if datatype == "BOOL":
+        # One byte per element, 0 or 1: anything else is not a bool the client meant.
+        octets = np.frombuffer(raw, dtype=np.uint8)
+        if octets.size and octets.max() > 1:
+            raise InvalidInput(f"input '{name}': BOOL raw contents must be bytes 0 or 1")
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return _bf16_to_fp32(array) if datatype == "BF16" else array
 
@@ -256,7 +275,7 @@ def encode_tensor(
         return serialize_bytes(data) if datatype == "BYTES" else data.tobytes()
     field = _CONTENTS_FIELD[datatype]
     flat = data.ravel()
-    values = [bytes(v) for v in flat] if datatype == "BYTES" else flat.tolist()
+    values = [_as_bytes(v) for v in flat] if datatype == "BYTES" else flat.tolist()
     getattr(tensor.contents, field).extend(values)
     return None
 

@@ -9,6 +9,8 @@ import time
 
 __all__ = ["configure_logging"]
 
+_CHATTY = ("absl", "tensorflow", "h5py", "matplotlib")
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; extra fields passed with `extra=` are kept."""
@@ -38,3 +40,10 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Frameworks log routine progress at INFO (and TensorFlow adds a handler of its own,
+    # printing each line twice); keep their warnings, drop the chatter.
+    for name in _CHATTY:
+        framework_logger = logging.getLogger(name)
+        framework_logger.handlers.clear()
+        framework_logger.propagate = True
+        framework_logger.setLevel(max(logging.WARNING, root.level))

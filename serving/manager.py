@@ -62,7 +62,7 @@ class ModelManager:
             raise ModelNotReady(f"model '{name}' is {entry.state.lower()}{detail}")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit():
+        if not version.isdecimal():
             raise VersionNotFound(
                 f"model '{name}' has no version '{version}' (versions are positive integers)"
             )
@@ -132,8 +132,12 @@ class ModelManager:
                 old.model.close()
 
     def unload(self, name: str) -> None:
+        # The model stays known, as UNAVAILABLE: requests for it then say it is unloaded
+        # rather than unknown.
         with self._lock:
-            entry = self._entries.pop(name, None)
+            entry = self._entries.get(name)
+            if entry is not None:
+                self._entries[name] = _Entry(ModelState.UNAVAILABLE, {}, "unloaded")
         if entry is None:
             raise ModelNotFound(f"model '{name}' is not loaded")
         for loaded in entry.versions.values():

@@ -88,7 +88,7 @@ class ModelRepository:
         for entry in directory.iterdir():
             if not entry.is_dir():
                 continue
-            if not entry.name.isdigit() or int(entry.name) < 1:
+            if not entry.name.isdecimal() or int(entry.name) < 1:
                 logger.warning("ignoring %s: not a version directory (half-written?)", entry)
                 continue
             if not (entry / META_FILE).is_file():
@@ -115,8 +115,10 @@ class ModelRepository:
         `<model>/<version>` atomically, on error it is removed."""
         directory = self.root / check_model_name(model)
         directory.mkdir(parents=True, exist_ok=True)
-        existing = self.versions(model)
-        version = (existing[-1] if existing else 0) + 1
+        # Past every numbered directory, complete or not: renaming onto a half-written
+        # version directory would fail after the work is done.
+        taken = [int(p.name) for p in directory.iterdir() if p.name.isdecimal()]
+        version = max(taken, default=0) + 1
         staging = directory / f".tmp-{uuid.uuid4().hex}"
         staging.mkdir()
         try:

@@ -69,8 +69,9 @@ class Service:
         self.servicer.ready = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.dataplane.close()
-        self.manager.close()
+        # Waiting for the inference threads blocks: never on the event loop.
+        await asyncio.to_thread(self.dataplane.close)
+        await asyncio.to_thread(self.manager.close)
 
 
 async def create_server(settings: ServiceSettings, backend: Backend) -> Service:

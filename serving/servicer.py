@@ -5,12 +5,14 @@ Errors are raised as `ServingError`s and turned into statuses by `serving.interc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
 
 from serving.dataplane import DataPlane
+from serving.errors import Unsupported
 from serving.interceptor import status_of
 from serving.manager import ModelManager
 from serving.pb import inference_pb2 as pb
@@ -190,13 +192,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
+        # Triton's load with an overriding configuration or files (tritonclient's
+        # `load_model(config=..., files=...)`): refused rather than silently ignored.
+        overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+        if overrides:
+            raise Unsupported(
+                f"loading with overrides ({', '.join(overrides)}) is not supported; "
+                "the model is loaded as stored in the repository"
+            )
         await self.manager.aload(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        self.manager.unload(request.model_name)
+        # Closing a framework model can block (it frees memory), so off the event loop.
+        await asyncio.to_thread(self.manager.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 

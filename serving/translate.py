@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from serving.codec import decode_inputs, encode_tensor, param_from_pb, param_to_pb, typed_allowed
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, Unsupported
 from serving.pb import inference_pb2 as pb
 from serving.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
@@ -12,6 +14,13 @@ __all__ = ["request_from_pb", "response_to_pb"]
 # Triton's names for asking for binary (raw) or JSON-like typed outputs.
 BINARY_OUTPUT_PARAM = "binary_data_output"
 BINARY_PARAM = "binary_data"
+# Triton extensions this server does not implement (nor advertise). tritonclient sends them
+# as tensor parameters; ignoring them would answer something other than what was asked
+# (FP32 values instead of class labels, data inline instead of in a shared memory region).
+_UNSUPPORTED_TENSOR_PARAMS = {
+    "classification": "classification",
+    "shared_memory_region": "shared memory",
+}
 
 
 def _params(params: dict[str, pb.InferParameter]) -> dict[str, ParamValue]:
@@ -25,11 +34,23 @@ def _flag(params: dict[str, ParamValue], key: str, default: bool) -> bool:
     return value
 
 
+def _refuse_extensions(kind: str, name: str, params: Mapping[str, pb.InferParameter]) -> None:
+    for key, feature in _UNSUPPORTED_TENSOR_PARAMS.items():
+        if key in params:
+            raise Unsupported(
+                f"{kind} '{name}' asks for {feature} (parameter '{key}'), which this server "
+                "does not support"
+            )
+
+
 def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
+    for tensor in request.inputs:
+        _refuse_extensions("input", tensor.name, tensor.parameters)
     params = _params(dict(request.parameters))
     binary_output = _flag(params, BINARY_OUTPUT_PARAM, True)
     outputs: list[RequestedOutput] = []
     for wanted in request.outputs:
+        _refuse_extensions("output", wanted.name, wanted.parameters)
         out_params = _params(dict(wanted.parameters))
         outputs.append(RequestedOutput(wanted.name, _flag(out_params, BINARY_PARAM, binary_output)))
     if len({o.name for o in outputs}) != len(outputs):

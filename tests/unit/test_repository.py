@@ -1,0 +1,180 @@
+"""The model repository: versions appear whole or not at all, and metadata round-trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.errors import InvalidInput, ModelNotFound, RepositoryError, VersionNotFound
+from serving.repository import META_FILE, ModelRepository, VersionMeta
+from serving.types import Signature, TensorSpec
+
+META = VersionMeta(
+    framework="fake",
+    platform="numpy_affine",
+    architecture="linear",
+    signature=Signature(
+        inputs=(TensorSpec("size_sqft", "FP32", (-1, 1)),),
+        outputs=(TensorSpec("price_k", "FP32", (-1, 1)), TensorSpec("tag", "BYTES", (-1,))),
+    ),
+    metrics={"loss": 0.125, "weight": 0.2},
+    hyperparameters={"epochs": 3, "learning_rate": 0.05, "layers": [4, 2]},
+    dataset="house_price(n=8)",
+    created="2025-01-02T03:04:05+00:00",
+)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> ModelRepository:
+    return ModelRepository(tmp_path / "models")
+
+
+def _write_version(repo: ModelRepository, model: str, payload: str = "w") -> int:
+    with repo.new_version(model) as (version, staging):
+        (staging / "weights.txt").write_text(payload)
+        repo.write_meta(staging, META)
+    return version
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_versions_are_numbered_from_one(repo: ModelRepository) -> None:
+    assert [_write_version(repo, "m", f"v{i}") for i in range(3)] == [1, 2, 3]
+    assert repo.versions("m") == [1, 2, 3]
+    assert (repo.path("m", 2) / "weights.txt").read_text() == "v1"
+    assert repo.read_meta("m", 3) == META
+    assert _leftovers(repo.root / "m") == ["1", "2", "3"]
+
+
+def test_staging_directory_is_hidden_until_the_context_exits(repo: ModelRepository) -> None:
+    with repo.new_version("m") as (version, staging):
+        assert version == 1
+        assert staging.parent == repo.root / "m"
+        assert staging.name.startswith(".tmp-")
+        assert repo.versions("m") == []
+        repo.write_meta(staging, META)
+    assert repo.versions("m") == [1]
+    assert not staging.exists()
+
+
+def test_exception_inside_the_context_leaves_nothing(repo: ModelRepository) -> None:
+    _write_version(repo, "m")
+    with (
+        pytest.raises(RuntimeError, match="training blew up"),
+        repo.new_version("m") as (_, staging),
+    ):
+        (staging / "weights.txt").write_text("half")
+        repo.write_meta(staging, META)
+        raise RuntimeError("training blew up")
+    assert _leftovers(repo.root / "m") == ["1"]
+    assert repo.versions("m") == [1]
+    # The number was not consumed.
+    assert _write_version(repo, "m") == 2
+
+
+def test_version_without_metadata_is_refused(repo: ModelRepository) -> None:
+    with (
+        pytest.raises(RepositoryError, match="without metadata"),
+        repo.new_version("m") as (
+            _,
+            staging,
+        ),
+    ):
+        (staging / "weights.txt").write_text("w")
+    assert _leftovers(repo.root / "m") == []
+    assert repo.versions("m") == []
+
+
+def test_half_written_directories_are_ignored(repo: ModelRepository) -> None:
+    _write_version(repo, "m")
+    model_dir = repo.root / "m"
+    (model_dir / ".tmp-0123abcd").mkdir()
+    (model_dir / ".tmp-0123abcd" / META_FILE).write_text(META.to_json())
+    (model_dir / "2").mkdir()  # a version directory that never got its model.json
+    (model_dir / "2" / "weights.txt").write_text("partial")
+    (model_dir / "0").mkdir()
+    (model_dir / "0" / META_FILE).write_text(META.to_json())
+    (model_dir / "\u00b2").mkdir()  # isdigit() but not a number int() reads
+    (model_dir / "\u00b2" / META_FILE).write_text(META.to_json())
+    (model_dir / "notes.txt").write_text("not a directory")
+    assert repo.versions("m") == [1]
+    with pytest.raises(VersionNotFound, match="no version 2"):
+        repo.read_meta("m", 2)
+
+
+def test_new_version_skips_numbers_taken_by_half_written_directories(
+    repo: ModelRepository,
+) -> None:
+    _write_version(repo, "m")
+    (repo.root / "m" / "2").mkdir()
+    (repo.root / "m" / "2" / "weights.txt").write_text("partial")
+    assert _write_version(repo, "m", "fresh") == 3
+    assert repo.versions("m") == [1, 3]
+    assert (repo.path("m", 3) / "weights.txt").read_text() == "fresh"
+    assert (repo.root / "m" / "2" / "weights.txt").read_text() == "partial"
+
+
+def test_models_lists_valid_model_directories_only(repo: ModelRepository) -> None:
+    _write_version(repo, "b_model")
+    _write_version(repo, "a-model.v2")
+    (repo.root / ".hidden").mkdir()
+    (repo.root / "README").write_text("x")
+    assert repo.models() == ["a-model.v2", "b_model"]
+
+
+def test_version_meta_json_round_trip() -> None:
+    text = META.to_json()
+    again = VersionMeta.from_json(text)
+    assert again == META
+    assert again.signature.inputs[0].shape == (-1, 1)
+    assert again.signature.output("tag") == TensorSpec("tag", "BYTES", (-1,))
+    assert again.to_json() == text
+
+
+def test_write_meta_stamps_the_creation_time(repo: ModelRepository, tmp_path: Path) -> None:
+    unstamped = VersionMeta(
+        framework="fake", platform="p", architecture="linear", signature=META.signature
+    )
+    repo.write_meta(tmp_path, unstamped)
+    stored = VersionMeta.from_json((tmp_path / META_FILE).read_text())
+    assert stored.created.startswith("20")
+    assert stored.signature == META.signature
+
+
+def test_invalid_metadata_is_a_repository_error(repo: ModelRepository) -> None:
+    _write_version(repo, "m")
+    (repo.path("m", 1) / META_FILE).write_text('{"framework": "fake"}')
+    with pytest.raises(RepositoryError, match="not valid version metadata"):
+        repo.read_meta("m", 1)
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "-dash", "_under", "a/b", "../escape", "sp ace", "x" * 129, "é"]
+)
+def test_invalid_model_names_are_rejected(repo: ModelRepository, name: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid model name"):
+        repo.versions(name)
+    with pytest.raises(InvalidInput, match="invalid model name"):
+        repo.path(name, 1)
+    with pytest.raises(InvalidInput, match="invalid model name"), repo.new_version(name):
+        pass
+    assert _leftovers(repo.root) == []
+
+
+@pytest.mark.parametrize("name", ["m", "house_price", "Model-1.2", "x" * 128])
+def test_valid_model_names_are_accepted(repo: ModelRepository, name: str) -> None:
+    assert _write_version(repo, name) == 1
+    assert repo.models() == [name]
+
+
+def test_unknown_model(repo: ModelRepository) -> None:
+    with pytest.raises(ModelNotFound, match="'nope' is not in the repository"):
+        repo.versions("nope")
+    _write_version(repo, "m")
+    with pytest.raises(VersionNotFound, match="'m' has no version 7"):
+        repo.read_meta("m", 7)
+    with pytest.raises(ModelNotFound):
+        repo.read_meta("nope", 1)

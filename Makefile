@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
-.PHONY: run test test-fast test-compat venv proto lint fmt seed clean
+.PHONY: run test venv proto lint fmt seed bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ run: seed
 test: $(PB_STAMP)
 	$(PY) -m pytest tests --ignore=tests/compat $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
+
+bench: $(PB_STAMP)
+	$(PY) -m benchmarks.latency --models $(MODELS)
 
 lint: $(PB_STAMP)
 	$(PY) -m ruff check .

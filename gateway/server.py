@@ -9,16 +9,19 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from gateway.routing import Router
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream, watch
-from serving.interceptor import ErrorInterceptor
-from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.server import SERVICE_NAME, grpc_options, project_version, wait_for_signal
+from serving.server import (
+    SERVICE_NAME,
+    build_server,
+    project_version,
+    wait_for_signal,
+    write_port_file,
+)
 
 __all__ = ["Gateway", "create_server", "serve"]
 
@@ -73,16 +76,9 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     servicer = GatewayServicer(
         upstreams, router, timeout=settings.upstream_timeout_s, version=project_version()
     )
-    server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()], options=grpc_options(settings.max_message_bytes)
+    server, port, health_servicer = build_server(
+        servicer, settings.host, settings.port, settings.max_message_bytes
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     return Gateway(
         server, port, list(upstreams.values()), health_servicer, settings.health_interval_s
     )
@@ -98,9 +94,7 @@ async def serve(settings: GatewaySettings) -> None:
         ", ".join(f"{u.framework}@{u.url}" for u in gateway.upstreams),
     )
     if settings.port_file is not None:
-        partial = settings.port_file.with_suffix(".partial")
-        partial.write_text(f"{gateway.port}\n")
-        partial.replace(settings.port_file)
+        write_port_file(settings.port_file, gateway.port)
     await wait_for_signal()
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await gateway.stop(settings.grace_period_s)

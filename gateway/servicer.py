@@ -12,7 +12,7 @@ import grpc
 from gateway.routing import FRAMEWORK_PARAM, Router
 from gateway.upstream import Upstream
 from serving.codec import param_from_pb
-from serving.interceptor import status_of
+from serving.interceptor import stream_infer
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.servicer import EXTENSIONS
@@ -112,19 +112,12 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         metadata = _metadata(context)
-        async for request in request_iterator:
-            try:
-                response = await self._infer(request, metadata, self.timeout)
-            except Exception as exc:
-                _, message = status_of(exc, "ModelStreamInfer")
-                yield pb.ModelStreamInferResponse(
-                    error_message=message,
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, id=request.id
-                    ),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response)
+
+        async def infer(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            return await self._infer(request, metadata, self._deadline(context))
+
+        async for response in stream_infer(request_iterator, infer):
+            yield response
 
     # ---- repository: every backend unless the client names one ----
 

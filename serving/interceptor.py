@@ -10,8 +10,9 @@ from typing import Any, cast
 import grpc
 
 from serving.errors import ServingError
+from serving.pb import inference_pb2 as pb
 
-__all__ = ["ErrorInterceptor", "status_of"]
+__all__ = ["ErrorInterceptor", "status_of", "stream_infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +87,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+async def stream_infer(
+    requests: AsyncIterator[pb.ModelInferRequest],
+    infer: Callable[[pb.ModelInferRequest], Awaitable[pb.ModelInferResponse]],
+) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    """ModelStreamInfer over a unary `infer`. A bad request answers with `error_message`
+    (the protocol's stream error has a message, no code) and the stream goes on, as in
+    Triton; only transport failures end it."""
+    async for request in requests:
+        try:
+            response = await infer(request)
+        except Exception as exc:
+            _, message = status_of(exc, "ModelStreamInfer")
+            yield pb.ModelStreamInferResponse(
+                error_message=message,
+                infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
+            )
+            continue
+        yield pb.ModelStreamInferResponse(infer_response=response)

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,7 +25,15 @@ from serving.repository import ModelRepository
 from serving.servicer import InferenceServicer
 from serving.settings import ServiceSettings
 
-__all__ = ["Service", "create_server", "grpc_options", "serve", "wait_for_signal"]
+__all__ = [
+    "Service",
+    "build_server",
+    "create_server",
+    "grpc_options",
+    "serve",
+    "wait_for_signal",
+    "write_port_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +92,19 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     servicer = InferenceServicer(
         dataplane, manager, name=f"twinserve-{backend.framework}", version=project_version()
     )
+    server, port, health_servicer = build_server(
+        servicer, settings.host, settings.port, settings.max_message_bytes
+    )
+    return Service(server, port, servicer, health_servicer, manager, dataplane)
+
+
+def build_server(
+    servicer: pb_grpc.GRPCInferenceServiceServicer, host: str, port: int, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A bound (not started) server with `servicer`, the error interceptor, health and
+    reflection; returns it with the bound port and its health servicer."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()], options=grpc_options(settings.max_message_bytes)
+        interceptors=[ErrorInterceptor()], options=grpc_options(max_message_bytes)
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -92,8 +112,15 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    return Service(server, port, servicer, health_servicer, manager, dataplane)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    return server, bound, health_servicer
+
+
+def write_port_file(path: Path, port: int) -> None:
+    # Written whole then renamed, so a reader never sees a half-written port.
+    partial = path.with_suffix(".partial")
+    partial.write_text(f"{port}\n")
+    partial.replace(path)
 
 
 async def wait_for_signal() -> None:
@@ -115,10 +142,7 @@ async def serve(settings: ServiceSettings, backend: Backend) -> None:
         ", ".join(service.manager.ready_names()) or "none",
     )
     if settings.port_file is not None:
-        # Written whole then renamed, so a reader never sees a half-written port.
-        partial = settings.port_file.with_suffix(".partial")
-        partial.write_text(f"{service.port}\n")
-        partial.replace(settings.port_file)
+        write_port_file(settings.port_file, service.port)
     await wait_for_signal()
     logger.info("draining (grace %.1fs)", settings.grace_period_s)
     await service.stop(settings.grace_period_s)

@@ -13,7 +13,7 @@ import grpc
 
 from serving.dataplane import DataPlane
 from serving.errors import Unsupported
-from serving.interceptor import status_of
+from serving.interceptor import stream_infer
 from serving.manager import ModelManager
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
@@ -103,29 +103,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
-        # An unknown model is reported before anything about the inputs, as Triton does.
-        self.manager.get(request.model_name, request.model_version)
-        return response_to_pb(await self.dataplane.infer(request_from_pb(request)))
+        return await self._infer(request)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        # A bad request in a stream answers with error_message and the stream goes on, as
-        # in Triton; only transport failures end it.
-        async for request in request_iterator:
-            try:
-                self.manager.get(request.model_name, request.model_version)
-                result = await self.dataplane.infer(request_from_pb(request))
-            except Exception as exc:
-                _, message = status_of(exc, "ModelStreamInfer")
-                yield pb.ModelStreamInferResponse(
-                    error_message=message,
-                    infer_response=pb.ModelInferResponse(
-                        model_name=request.model_name, id=request.id
-                    ),
-                )
-                continue
-            yield pb.ModelStreamInferResponse(infer_response=response_to_pb(result))
+        async for response in stream_infer(request_iterator, self._infer):
+            yield response
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        # An unknown model is reported before anything about the inputs, as Triton does.
+        self.manager.get(request.model_name, request.model_version)
+        return response_to_pb(await self.dataplane.infer(request_from_pb(request)))
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context

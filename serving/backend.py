@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
 from serving.types import Signature
 
-__all__ = ["Backend", "Model", "TrainResult", "TrainSpec"]
+__all__ = ["EPOCH_METRICS", "Backend", "Model", "TrainResult", "TrainSpec"]
 
 
 class Model(Protocol):
@@ -30,20 +30,42 @@ class Model(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TrainSpec:
-    """What to train: an architecture known to both frameworks and its data."""
+    """What to train: an architecture known to both frameworks (`serving.architectures`),
+    its data, and hyper-parameters. Built and validated by the core; backends trust it.
+
+    `x` is float32 with the batch first; `y` is float32 [N, 1] for regression and int64 [N]
+    class indices for classification. `x_val`/`y_val` are the validation rows (the core splits
+    them off, so both frameworks validate on the same rows); they may have 0 rows.
+    Normalisation statistics come from `x`/`y` only.
+    """
 
     architecture: str
     x: np.ndarray
     y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
     input_name: str = "input"
     output_name: str = "output"
+    task: Literal["regression", "classification"] = "regression"
+    num_classes: int = 0  # classification only
     epochs: int = 200
     batch_size: int = 32
     learning_rate: float = 0.05
+    optimizer: Literal["adam", "sgd"] = "adam"
     seed: int = 0
-    validation_split: float = 0.2
-    # Called after every epoch with (epoch, metrics); issue #3 streams these to clients.
+    device: str = ""  # "" is the backend's default device
+    # Called after every epoch (numbered from 1) with the epoch's metrics (see EPOCH_METRICS).
+    # It may raise to stop training (cancellation, a loss gone NaN): backends let it propagate.
     on_epoch: Callable[[int, Mapping[str, float]], None] | None = None
+
+
+# What a backend reports after each epoch, the same in both frameworks:
+#   loss      the training objective averaged over the epoch: MSE on the normalised target
+#             (regression) or cross-entropy (classification)
+#   val_loss  the same objective on the validation split
+#   val_metric  RMSE in target units (regression) or accuracy in [0, 1] (classification)
+# The val_ entries are absent when there are no validation rows.
+EPOCH_METRICS = ("loss", "val_loss", "val_metric")
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,12 @@ import logging
 import numpy as np
 
 from serving.backend import Backend, TrainSpec
-from serving.datasets import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT, house_price
+from serving.datasets import (
+    HOUSE_PRICE_INPUT,
+    HOUSE_PRICE_OUTPUT,
+    house_price,
+    validation_split,
+)
 from serving.repository import ModelRepository, VersionMeta
 
 __all__ = ["SEED_MODEL", "seed_repository", "train_version"]
@@ -34,7 +39,8 @@ def train_version(
                 "batch_size": spec.batch_size,
                 "learning_rate": spec.learning_rate,
                 "seed": spec.seed,
-                "validation_split": spec.validation_split,
+                "optimizer": spec.optimizer,
+                "validation_rows": len(spec.x_val),
             },
             dataset=dataset,
         )
@@ -46,11 +52,13 @@ def seed_repository(repository: ModelRepository, backend: Backend, *, samples: i
     """Trains `house_price` if the repository has no version of it; True if it trained."""
     if SEED_MODEL in repository.models() and repository.versions(SEED_MODEL):
         return False
-    x, y = house_price(samples)
+    x_train, y_train, x_val, y_val = validation_split(*house_price(samples), 0.2, seed=0)
     spec = TrainSpec(
         architecture="linear",
-        x=x,
-        y=y,
+        x=x_train,
+        y=y_train,
+        x_val=x_val,
+        y_val=y_val,
         input_name=HOUSE_PRICE_INPUT,
         output_name=HOUSE_PRICE_OUTPUT,
     )

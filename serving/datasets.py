@@ -120,7 +120,7 @@ def validation_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_val, y_val): a seeded random `fraction` of rows for validation."""
     order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(round(fraction * len(x)))
+    n_val = round(fraction * len(x))
     val, train = order[:n_val], order[n_val:]
     return x[train], y[train], x[val], y[val]
 

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PROTOS := $(wildcard proto/*.proto)
+PROTOS := $(wildcard proto/*.proto proto/*/*/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
@@ -25,7 +25,7 @@ $(PB_STAMP): $(PROTOS) $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iserving/pb=proto --python_out=. --pyi_out=. \
 		--grpc_python_out=. --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
 		--mypy_grpc_out=. $(PROTOS)
-	touch serving/pb/__init__.py $@
+	touch serving/pb/__init__.py serving/pb/twinserve/__init__.py serving/pb/twinserve/v1/__init__.py $@
 
 proto: $(PB_STAMP)
 

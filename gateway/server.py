@@ -14,9 +14,10 @@ from grpc_health.v1 import health, health_pb2
 from gateway.routing import Router
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
+from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
 from serving.server import (
-    SERVICE_NAME,
+    SERVICE_NAMES,
     build_server,
     project_version,
     wait_for_signal,
@@ -47,7 +48,7 @@ class Gateway:
             if ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
+        for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
@@ -76,8 +77,9 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     servicer = GatewayServicer(
         upstreams, router, timeout=settings.upstream_timeout_s, version=project_version()
     )
+    training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
     server, port, health_servicer = build_server(
-        servicer, settings.host, settings.port, settings.max_message_bytes
+        servicer, training, settings.host, settings.port, settings.max_message_bytes
     )
     return Gateway(
         server, port, list(upstreams.values()), health_servicer, settings.health_interval_s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -12,6 +12,7 @@ import grpc
 from serving.errors import UpstreamError
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.server import grpc_options
 
 __all__ = ["Upstream"]
@@ -29,6 +30,7 @@ class Upstream:
         self.url = url
         self.channel = grpc.aio.insecure_channel(url, options=grpc_options(max_message_bytes))
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.training = tpb_grpc.TrainingServiceStub(self.channel)
         self.ready = False
 
     async def call(
@@ -40,12 +42,29 @@ class Upstream:
         try:
             return await rpc(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or exc.code().name
-            # Client mistakes read the same through the gateway as direct; transport
-            # failures say which service failed.
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details = f"{self.framework} service at {self.url}: {details}"
-            raise UpstreamError(exc.code(), details) from None
+            raise self._upstream_error(exc) from None
+
+    async def stream(
+        self,
+        rpc: Callable[..., AsyncIterable[Response]],
+        request: Any,
+        timeout: float | None,
+    ) -> AsyncIterator[Response]:
+        """A server-streaming call relayed message by message; if our caller goes away, the
+        upstream call is cancelled with it."""
+        try:
+            async for message in rpc(request, timeout=timeout):
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise self._upstream_error(exc) from None
+
+    def _upstream_error(self, exc: grpc.aio.AioRpcError) -> UpstreamError:
+        details = exc.details() or exc.code().name
+        # Client mistakes read the same through the gateway as direct; transport failures
+        # say which service failed.
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            details = f"{self.framework} service at {self.url}: {details}"
+        return UpstreamError(exc.code(), details)
 
     async def probe(self, timeout: float) -> bool:
         try:

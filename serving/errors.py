@@ -4,6 +4,7 @@
     ├── InvalidInput (INVALID_ARGUMENT)
     ├── ModelNotFound (NOT_FOUND)
     │   └── VersionNotFound (NOT_FOUND)
+    ├── NotFound (NOT_FOUND): a dataset file, a training job
     ├── ModelNotReady (UNAVAILABLE)
     ├── BackendUnavailable (UNAVAILABLE)
     ├── ResourceExhausted (RESOURCE_EXHAUSTED)
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidInput",
     "ModelNotFound",
     "ModelNotReady",
+    "NotFound",
     "RepositoryError",
     "ResourceExhausted",
     "ServingError",
@@ -54,6 +56,10 @@ class ModelNotFound(ServingError):
 
 class VersionNotFound(ModelNotFound):
     pass
+
+
+class NotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
 
 
 class ModelNotReady(ServingError):

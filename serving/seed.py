@@ -13,39 +13,14 @@ from serving.datasets import (
     house_price,
     validation_split,
 )
-from serving.repository import ModelRepository, VersionMeta
+from serving.repository import ModelRepository
+from serving.trainer import train_version
 
-__all__ = ["SEED_MODEL", "seed_repository", "train_version"]
+__all__ = ["SEED_MODEL", "seed_repository"]
 
 logger = logging.getLogger(__name__)
 
 SEED_MODEL = "house_price"
-
-
-def train_version(
-    repository: ModelRepository, backend: Backend, model: str, spec: TrainSpec, dataset: str
-) -> int:
-    """Trains `spec` and stores it as the next version of `model`; returns the version."""
-    with repository.new_version(model) as (version, staging):
-        result = backend.train(spec, staging)
-        meta = VersionMeta(
-            framework=backend.framework,
-            platform=backend.platform,
-            architecture=spec.architecture,
-            signature=result.signature,
-            metrics=result.metrics,
-            hyperparameters={
-                "epochs": spec.epochs,
-                "batch_size": spec.batch_size,
-                "learning_rate": spec.learning_rate,
-                "seed": spec.seed,
-                "optimizer": spec.optimizer,
-                "validation_rows": len(spec.x_val),
-            },
-            dataset=dataset,
-        )
-        repository.write_meta(staging, meta)
-    return version
 
 
 def seed_repository(repository: ModelRepository, backend: Backend, *, samples: int = 256) -> bool:
@@ -62,7 +37,21 @@ def seed_repository(repository: ModelRepository, backend: Backend, *, samples: i
         input_name=HOUSE_PRICE_INPUT,
         output_name=HOUSE_PRICE_OUTPUT,
     )
-    version = train_version(repository, backend, SEED_MODEL, spec, f"house_price(n={samples})")
+    version, _ = train_version(
+        repository,
+        backend,
+        SEED_MODEL,
+        spec,
+        f"house_price(n={samples})",
+        hyperparameters={
+            "epochs": spec.epochs,
+            "batch_size": spec.batch_size,
+            "learning_rate": spec.learning_rate,
+            "optimizer": spec.optimizer,
+            "seed": spec.seed,
+            "validation_split": 0.2,
+        },
+    )
     model = backend.load(repository.path(SEED_MODEL, version), spec.architecture)
     try:
         prediction = float(

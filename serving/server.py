@@ -18,12 +18,16 @@ from grpc_reflection.v1alpha import reflection
 from serving.backend import Backend
 from serving.dataplane import DataPlane
 from serving.interceptor import ErrorInterceptor
+from serving.jobs import JobManager
 from serving.manager import ModelManager
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.pb.twinserve.v1 import training_pb2 as tpb
+from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.repository import ModelRepository
 from serving.servicer import InferenceServicer
 from serving.settings import ServiceSettings
+from serving.training_servicer import TrainingServicer
 
 __all__ = [
     "Service",
@@ -38,6 +42,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+TRAINING_SERVICE_NAME = tpb.DESCRIPTOR.services_by_name["TrainingService"].full_name
+SERVICE_NAMES = (SERVICE_NAME, TRAINING_SERVICE_NAME)
 
 
 def project_version() -> str:
@@ -66,11 +72,12 @@ class Service:
     health: health.aio.HealthServicer
     manager: ModelManager
     dataplane: DataPlane
+    jobs: JobManager
 
     async def start(self) -> None:
         await self.server.start()
         self.servicer.ready = True
-        for name in ("", SERVICE_NAME):
+        for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
@@ -78,7 +85,9 @@ class Service:
         self.servicer.ready = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        # Waiting for the inference threads blocks: never on the event loop.
+        # Running training jobs are cancelled (they stop within an epoch, leaving no version).
+        # Waiting for the worker threads blocks: never on the event loop.
+        await asyncio.to_thread(self.jobs.shutdown)
         await asyncio.to_thread(self.dataplane.close)
         await asyncio.to_thread(self.manager.close)
 
@@ -92,25 +101,42 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     servicer = InferenceServicer(
         dataplane, manager, name=f"twinserve-{backend.framework}", version=project_version()
     )
-    server, port, health_servicer = build_server(
-        servicer, settings.host, settings.port, settings.max_message_bytes
+    jobs = JobManager(
+        backend,
+        repository,
+        manager,
+        data_dir=settings.data_dir,
+        tensorboard_dir=settings.tensorboard_dir,
+        max_pending=settings.max_pending_jobs,
     )
-    return Service(server, port, servicer, health_servicer, manager, dataplane)
+    server, port, health_servicer = build_server(
+        servicer,
+        TrainingServicer(jobs, backend.framework),
+        settings.host,
+        settings.port,
+        settings.max_message_bytes,
+    )
+    return Service(server, port, servicer, health_servicer, manager, dataplane, jobs)
 
 
 def build_server(
-    servicer: pb_grpc.GRPCInferenceServiceServicer, host: str, port: int, max_message_bytes: int
+    inference: pb_grpc.GRPCInferenceServiceServicer,
+    training: tpb_grpc.TrainingServiceServicer,
+    host: str,
+    port: int,
+    max_message_bytes: int,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A bound (not started) server with `servicer`, the error interceptor, health and
+    """A bound (not started) server with both services, the error interceptor, health and
     reflection; returns it with the bound port and its health servicer."""
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor()], options=grpc_options(max_message_bytes)
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+    tpb_grpc.add_TrainingServiceServicer_to_server(training, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     return server, bound, health_servicer

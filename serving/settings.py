@@ -28,5 +28,10 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period_s: float = Field(default=10.0, ge=0)
+    # Training: CSV datasets are read only from under data_dir; TensorBoard runs are written
+    # to tensorboard_dir/<model>/<framework>/<job>.
+    data_dir: Path = Path("data")
+    tensorboard_dir: Path = Path("runs")
+    max_pending_jobs: int = Field(default=8, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -3,16 +3,16 @@
 Requests go through the SavedModel's `serving_default` concrete function, never
 `keras.Model.predict`: predict builds a dataset and an iterator on every call (tens of
 milliseconds), the concrete function is one graph execution (a fraction of a millisecond).
+The served model takes and returns raw units (regression) or returns softmax probabilities
+(classification); see `tf_service.models`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from serving.architectures import get, signature_for
 from serving.backend import Model, TrainResult, TrainSpec
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.types import Signature, TensorSpec
+from tf_service.models import ARCHITECTURES
+from tf_service.training import device_for, train
 
 __all__ = ["SAVEDMODEL_DIR", "TFBackend"]
 
@@ -33,70 +35,15 @@ _SERVING_KEY = "serving_default"
 # Names become signature keys, and SavedModel rewrites any other character of an input's key
 # (`size-sqft` is served as `size_sqft`), so requests would no longer match.
 _TENSOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
-# Keras seeds are process-global: two trainings at once would draw from each other's
-# random streams and the same seed would stop giving the same weights.
-_TRAIN_LOCK = threading.Lock()
-
-
-def _build_linear(spec: TrainSpec, x: np.ndarray, y: np.ndarray) -> keras.Model:
-    """y = w·x + b, learnt on standardised input and target so one Adam step size suits both
-    the slope (~0.2) and the intercept (hundreds); the output layer undoes the scaling."""
-    normalize = keras.layers.Normalization(name="normalize")
-    normalize.adapt(x)
-    y_mean = float(np.mean(y))
-    # A constant target has no spread to scale by; 1.0 leaves it unscaled.
-    y_std = float(np.std(y)) or 1.0
-    inputs = keras.Input(shape=(1,), name=spec.input_name)
-    z = keras.layers.Dense(
-        1, kernel_initializer="glorot_uniform", bias_initializer="zeros", name="linear"
-    )(normalize(inputs))
-    outputs = keras.layers.Rescaling(scale=y_std, offset=y_mean, name="denormalize")(z)
-    return keras.Model(inputs, outputs, name="linear")
-
-
-_ARCHITECTURES: dict[str, Callable[[TrainSpec, np.ndarray, np.ndarray], keras.Model]] = {
-    "linear": _build_linear,
-}
-
-
-class _EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
-    """Measures the validation loss after each epoch and reports it with the training loss.
-
-    One graph call on tensors already in memory, where fit(validation_data=...) would build
-    and tear down an evaluation pipeline every epoch (most of the run time on a model this
-    small)."""
-
-    def __init__(
-        self,
-        model: keras.Model,
-        x_val: np.ndarray,
-        y_val: np.ndarray,
-        report: Callable[[int, Mapping[str, float]], None] | None,
-    ) -> None:
-        super().__init__()
-        self._report = report
-        self.last: dict[str, float] = {}
-        self._val_loss: Callable[[], tf.Tensor] | None = None
-        if len(x_val):
-            x, y = tf.constant(x_val), tf.constant(y_val)
-            self._val_loss = tf.function(
-                lambda: tf.reduce_mean(tf.square(model(x, training=False) - y))
-            )
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self.last = {"loss": float((logs or {})["loss"])}
-        if self._val_loss is not None:
-            self.last["val_loss"] = float(self._val_loss())
-        if self._report is not None:
-            # 1-based so the last report reads "epoch 200" of 200.
-            self._report(epoch + 1, dict(self.last))
 
 
 class _Exported(tf.Module):  # type: ignore[misc]
     """What the SavedModel holds: the Keras model (its variables) and one serving function
     whose input and output keys are the names the protocol uses."""
 
-    def __init__(self, model: keras.Model, input_name: str, output_name: str) -> None:
+    def __init__(
+        self, model: keras.Model, input_shape: tuple[int, ...], input_name: str, output_name: str
+    ) -> None:
         super().__init__()
         self.model = model
 
@@ -104,9 +51,8 @@ class _Exported(tf.Module):  # type: ignore[misc]
             return {output_name: model(x, training=False)}
 
         # The TensorSpec's name, not the Python argument's, becomes the signature's input key.
-        self.serve = tf.function(
-            serve, input_signature=[tf.TensorSpec([None, 1], tf.float32, name=input_name)]
-        )
+        spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
+        self.serve = tf.function(serve, input_signature=[spec])
 
 
 class _LoadedModel:
@@ -169,36 +115,27 @@ class TFBackend:
             )
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
-        """Trains and writes `version_dir/model.savedmodel`. Reseeds Python's, NumPy's and
-        TensorFlow's global generators, and runs one training at a time per process."""
-        build = _ARCHITECTURES.get(spec.architecture)
-        if build is None:
-            raise InvalidInput(
-                f"unknown architecture '{spec.architecture}' for TensorFlow; "
-                f"supported: {', '.join(sorted(_ARCHITECTURES))}"
-            )
-        x, y = _check_spec(spec)
-        # The last validation_split of the rows are held out, as Keras's validation_split
-        # does; scaling statistics come from the training rows only.
-        split = len(x) - int(len(x) * spec.validation_split)
-        train, val = (x[:split], y[:split]), (x[split:], y[split:])
-        with _TRAIN_LOCK:
-            started = time.perf_counter()
-            model, final = _fit(build, spec, train, val)
-            seconds = time.perf_counter() - started
-        metrics = _metrics(model, final, train, val)
-        metrics["train_seconds"] = round(seconds, 3)
-        logger.info("trained %s in %.1f s: %s", spec.architecture, seconds, metrics)
+        """Trains on `spec.device` ("" is the CPU) and writes `version_dir/model.savedmodel`.
 
-        exported = _Exported(model, spec.input_name, spec.output_name)
+        Runs one training at a time per process (see `tf_service.training`). An exception
+        raised by `spec.on_epoch` stops training and propagates unchanged."""
+        _check_spec(spec)
+        device = device_for(spec.device)
+        started = time.perf_counter()
+        model, metrics = train(spec, device)
+        metrics["train_seconds"] = round(time.perf_counter() - started, 3)
+        if spec.architecture == "linear":
+            metrics.update(_line(model, spec))
+        logger.info("trained %s on %s: %s", spec.architecture, device, metrics)
+
+        exported = _Exported(model, spec.x.shape[1:], spec.input_name, spec.output_name)
         tf.saved_model.save(
             exported,
             str(version_dir / SAVEDMODEL_DIR),
             signatures={_SERVING_KEY: exported.serve.get_concrete_function()},
         )
-        signature = Signature(
-            inputs=(TensorSpec(spec.input_name, "FP32", (-1, 1)),),
-            outputs=(TensorSpec(spec.output_name, "FP32", (-1, 1)),),
+        signature = signature_for(
+            get(spec.architecture), spec.x, spec.input_name, spec.output_name, spec.num_classes
         )
         return TrainResult(signature=signature, metrics=metrics)
 
@@ -220,81 +157,27 @@ class TFBackend:
         return _LoadedModel(loaded, function)
 
 
-def _check_spec(spec: TrainSpec) -> tuple[np.ndarray, np.ndarray]:
+def _check_spec(spec: TrainSpec) -> None:
+    """What TensorFlow adds to the core's validation of the spec."""
+    if spec.architecture not in ARCHITECTURES:
+        raise InvalidInput(
+            f"unknown architecture '{spec.architecture}' for TensorFlow; "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
     for name in (spec.input_name, spec.output_name):
         if not _TENSOR_NAME.match(name):
             raise InvalidInput(
                 f"invalid tensor name '{name}' for TensorFlow: use letters, digits and '_', "
                 "starting with a letter"
             )
-    x = np.asarray(spec.x, dtype=np.float32)
-    y = np.asarray(spec.y, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != 1 or y.shape != x.shape:
-        raise InvalidInput(f"x and y must both have shape [n, 1]; got {x.shape} and {y.shape}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise InvalidInput("x and y must be finite numbers")
-    if not 0.0 <= spec.validation_split < 1.0:
-        raise InvalidInput(f"validation_split must be in [0, 1); got {spec.validation_split}")
-    if len(x) - int(len(x) * spec.validation_split) < 2:
-        raise InvalidInput(f"{len(x)} examples leave fewer than 2 to train on")
-    if spec.epochs < 1 or spec.batch_size < 1 or not spec.learning_rate > 0:
-        raise InvalidInput("epochs, batch_size and learning_rate must be positive")
-    return x, y
 
 
-def _fit(
-    build: Callable[[TrainSpec, np.ndarray, np.ndarray], keras.Model],
-    spec: TrainSpec,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-) -> tuple[keras.Model, dict[str, float]]:
-    x_train, y_train = train
-    # Seeds Python, NumPy and TF, so initial weights follow from spec.seed; on CPU that makes
-    # runs bit-identical without enable_op_determinism, a process-wide switch that would
-    # also bind every model served here (and turns off XLA in Keras).
-    keras.utils.set_random_seed(spec.seed)
-    model = build(spec, x_train, y_train)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate), loss="mse")
-    # One repeated dataset and steps_per_epoch keep a single iterator for the whole run:
-    # fit() on arrays builds two input pipelines per epoch, which made 200 epochs of this
-    # model take 20-30 s instead of about 2 s.
-    batches = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
-        .shuffle(len(x_train), seed=spec.seed)  # a new order every epoch
-        .batch(spec.batch_size)
-        .repeat()
-    )
-    epoch_end = _EpochEnd(model, *val, spec.on_epoch)
-    model.fit(
-        batches,
-        epochs=spec.epochs,
-        steps_per_epoch=math.ceil(len(x_train) / spec.batch_size),
-        shuffle=False,  # the dataset shuffles; True would only make Keras warn
-        verbose=0,
-        callbacks=[epoch_end],
-    )
-    return model, epoch_end.last
-
-
-def _metrics(
-    model: keras.Model,
-    final: dict[str, float],
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-) -> dict[str, float]:
-    def predict(values: np.ndarray) -> np.ndarray:
-        return np.asarray(model(values, training=False), dtype=np.float64)
-
-    metrics = dict(final)
-    # Without a validation split the RMSE falls back to the training rows (as TorchBackend).
-    x_eval, y_eval = val if len(val[0]) else train
-    metrics["rmse"] = math.sqrt(float(np.mean((predict(x_eval) - y_eval) ** 2)))
-    x = np.concatenate([train[0], val[0]])
-    # End-to-end slope and intercept in the caller's units, whatever scaling sits inside;
-    # the widest span of the data keeps float32 rounding out of the slope.
-    low, high = float(x.min()), float(x.max())
+def _line(model: keras.Model, spec: TrainSpec) -> dict[str, float]:
+    """End-to-end slope and intercept of a linear model in the caller's units, whatever
+    scaling sits inside; the widest span of the data keeps float32 rounding out of the slope."""
+    low = float(min(spec.x.min(), spec.x_val.min(initial=np.inf)))
+    high = float(max(spec.x.max(), spec.x_val.max(initial=-np.inf)))
     high = high if high > low else low + 1.0
-    at_low, at_high, at_zero = predict(np.array([[low], [high], [0.0]], dtype=np.float32))[:, 0]
-    metrics["weight"] = float((at_high - at_low) / (high - low))
-    metrics["bias"] = float(at_zero)
-    return metrics
+    points = np.array([[low], [high], [0.0]], dtype=np.float32)
+    at_low, at_high, at_zero = np.asarray(model(points, training=False), np.float64)[:, 0]
+    return {"weight": float((at_high - at_low) / (high - low)), "bias": float(at_zero)}

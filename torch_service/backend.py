@@ -1,15 +1,16 @@
 """The PyTorch backend: trains the shared architectures and serves them in eager mode.
 
-A version directory holds `weights.pt` (a bare state_dict) and `torch_config.json` (which
-module to build and its tensor names). Loading rebuilds the module from `ARCHITECTURES` and
-reads the weights with `weights_only=True`, so a model file can never run code.
+A version directory holds `weights.pt` (a bare CPU state_dict) and `torch_config.json` (which
+module to build, its constructor arguments and its tensor names). Loading rebuilds the module
+from `ARCHITECTURES` and reads the weights with `weights_only=True`, so a model file can never
+run code. The served model is the module's `forward`: raw target units for regression,
+softmax probabilities for classification (training uses `forward_train`, see `models`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Mapping
@@ -20,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from serving.architectures import get, signature_for
 from serving.backend import TrainResult, TrainSpec
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
-from serving.types import Signature, TensorSpec
-from torch_service.models import ARCHITECTURES, LinearRegressor
+from torch_service.models import ARCHITECTURES, TrainableModule
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TorchBackend", "TorchModel"]
 
@@ -80,23 +81,24 @@ class TorchBackend:
         self.device = _check_device(device)
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
-        module = _build(spec.architecture, {}, error=InvalidInput)
-        if not isinstance(module, LinearRegressor):  # the only trainer so far
-            raise InvalidInput(f"architecture '{spec.architecture}' cannot be trained yet")
-        x, y = _check_data(spec)
+        """Trains on `spec.device` (or this backend's device) and writes CPU weights.
+
+        Uses no process-wide random state, so trainings may run in several threads at once.
+        An exception raised by `spec.on_epoch` stops training and propagates unchanged.
+        """
+        architecture = _architecture(spec.architecture, error=InvalidInput)
+        device = _check_device(spec.device) if spec.device else self.device
+        kwargs = architecture.kwargs_for(spec.x.shape, spec.num_classes)
+        module = architecture(**kwargs)
         started = time.perf_counter()
-        metrics = _fit(module, spec, x.to(self.device), y.to(self.device))
-        logger.info(
-            "trained %s on %s in %.2fs: %s",
-            spec.architecture,
-            self.device,
-            time.perf_counter() - started,
-            metrics,
+        metrics = _fit(module, spec, device)
+        metrics["train_seconds"] = round(time.perf_counter() - started, 3)
+        logger.info("trained %s on %s: %s", spec.architecture, device, metrics)
+        _save(module.to("cpu"), spec, kwargs, version_dir)
+        signature = signature_for(
+            get(spec.architecture), spec.x, spec.input_name, spec.output_name, spec.num_classes
         )
-        _save(module.to("cpu"), spec, version_dir)
-        spec_in = TensorSpec(spec.input_name, "FP32", (-1, 1))
-        spec_out = TensorSpec(spec.output_name, "FP32", (-1, 1))
-        return TrainResult(Signature(inputs=(spec_in,), outputs=(spec_out,)), metrics)
+        return TrainResult(signature, metrics)
 
     def load(self, version_dir: Path, architecture: str) -> TorchModel:
         config = _read_config(version_dir)
@@ -105,7 +107,7 @@ class TorchBackend:
                 f"{version_dir / CONFIG_FILE} holds architecture '{config['architecture']}', "
                 f"not '{architecture}'"
             )
-        module = _build(architecture, config["kwargs"], error=RepositoryError)
+        module = _build(architecture, config["kwargs"])
         state = _read_weights(version_dir / WEIGHTS_FILE, self.device)
         try:
             module.load_state_dict(state)  # strict: a missing or extra tensor is an error
@@ -140,101 +142,101 @@ def _check_device(device: str) -> torch.device:
     return chosen
 
 
-def _build(
-    architecture: str, kwargs: dict[str, Any], *, error: type[InvalidInput | RepositoryError]
-) -> nn.Module:
-    if architecture not in ARCHITECTURES:
+def _architecture(
+    name: str, *, error: type[InvalidInput | RepositoryError]
+) -> type[TrainableModule]:
+    if name not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise error(f"unknown architecture '{architecture}': PyTorch supports {known}")
+        raise error(f"unknown architecture '{name}': PyTorch supports {known}")
+    return ARCHITECTURES[name]
+
+
+def _build(architecture: str, kwargs: dict[str, Any]) -> TrainableModule:
     try:
-        return ARCHITECTURES[architecture](**kwargs)
+        return _architecture(architecture, error=RepositoryError)(**kwargs)
     except TypeError as exc:  # kwargs from a config written by another version of the code
-        raise error(f"architecture '{architecture}' does not take {sorted(kwargs)}") from exc
+        raise RepositoryError(
+            f"architecture '{architecture}' does not take {sorted(kwargs)}"
+        ) from exc
 
 
-def _check_data(spec: TrainSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    x = np.asarray(spec.x, dtype=np.float32)
-    y = np.asarray(spec.y, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != 1 or y.shape != x.shape:
-        raise InvalidInput(f"'linear' needs x and y of shape [n, 1], got {x.shape} and {y.shape}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise InvalidInput("training data contains NaN or infinity")
-    if spec.epochs < 1 or spec.batch_size < 1 or not spec.learning_rate > 0:
-        raise InvalidInput("epochs and batch_size must be >= 1 and learning_rate > 0")
-    if not 0 <= spec.validation_split < 1:
-        raise InvalidInput(f"validation_split must be in [0, 1), not {spec.validation_split}")
-    if len(x) - int(len(x) * spec.validation_split) < 1:
-        raise InvalidInput("no training rows left after the validation split")
-    # Copies: the tensors must not alias the caller's arrays.
-    return torch.tensor(x), torch.tensor(y)
+def _tensors(spec: TrainSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """x, y, x_val, y_val on `device`, copied so they never alias the caller's arrays."""
+    y_dtype = np.int64 if spec.task == "classification" else np.float32
+    arrays = (
+        np.asarray(spec.x, dtype=np.float32),
+        np.asarray(spec.y, dtype=y_dtype),
+        np.asarray(spec.x_val, dtype=np.float32),
+        np.asarray(spec.y_val, dtype=y_dtype),
+    )
+    return tuple(torch.tensor(a, device=device) for a in arrays)
 
 
-def _fit(
-    model: LinearRegressor, spec: TrainSpec, x: torch.Tensor, y: torch.Tensor
-) -> dict[str, float]:
+def _optimizer(spec: TrainSpec, module: nn.Module) -> torch.optim.Optimizer:
+    # The same update rules as TFBackend's: Keras's Adam epsilon (1e-7, torch's is 1e-8)
+    # and SGD with momentum 0.9.
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(module.parameters(), lr=spec.learning_rate, eps=1e-7)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(module.parameters(), lr=spec.learning_rate, momentum=0.9)
+    raise InvalidInput(f"unknown optimizer '{spec.optimizer}': use 'adam' or 'sgd'")
+
+
+def _fit(module: TrainableModule, spec: TrainSpec, device: torch.device) -> dict[str, float]:
+    """Trains `module` in place; returns the last epoch's metrics (EPOCH_METRICS)."""
+    x, y, x_val, y_val = _tensors(spec, device)
     # A private generator rather than torch.manual_seed: the same seed gives bit-identical
-    # weights without touching the process-wide RNG that other threads may be using.
+    # weights without touching the process-wide RNG that other threads may be using. It
+    # lives on the CPU, so a seed means the same initial weights and order on any device.
     generator = torch.Generator().manual_seed(spec.seed)
-    model.reset_parameters(generator)
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    n_val = int(len(x) * spec.validation_split)
-    train_idx, val_idx = order[: len(x) - n_val], order[len(x) - n_val :]
-    # Statistics from the training split only, so validation stays unseen.
-    model.to(x.device).set_statistics(x[train_idx], y[train_idx])
-    x_train, y_train = x[train_idx], model.normalize_target(y[train_idx])
-    x_val, y_val = x[val_idx], y[val_idx]
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.learning_rate)
+    module.reset_parameters(generator)
+    module.to(device)
+    module.fit_statistics(x, y)  # from the training rows only, so validation stays unseen
+    optimizer = _optimizer(spec, module)
+    target, val_target = module.target(y), module.target(y_val)
     metrics: dict[str, float] = {}
     for epoch in range(1, spec.epochs + 1):
-        loss = _epoch(
-            model, optimizer, x_train, y_train, batch_size=spec.batch_size, generator=generator
-        )
-        metrics = {"loss": loss}
-        if n_val:
+        metrics = {"loss": _epoch(module, optimizer, x, target, spec.batch_size, generator)}
+        if len(x_val):
             with torch.no_grad():
-                val_pred = model.forward_normalized(x_val)
-                val_loss = nn.functional.mse_loss(val_pred, model.normalize_target(y_val))
+                val_loss = module.objective(module.forward_train(x_val), val_target)
             metrics["val_loss"] = float(val_loss)
+            metrics["val_metric"] = module.metric(x_val, y_val)
         if spec.on_epoch is not None:
             spec.on_epoch(epoch, dict(metrics))
-    # Without a validation split the RMSE falls back to the training rows.
-    x_eval, y_eval = (x_val, y_val) if n_val else (x[train_idx], y[train_idx])
-    with torch.no_grad():
-        metrics["rmse"] = math.sqrt(float(nn.functional.mse_loss(model(x_eval), y_eval)))
-    metrics["weight"] = model.slope()
     return metrics
 
 
 def _epoch(
-    model: LinearRegressor,
+    module: TrainableModule,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
-    y: torch.Tensor,
-    *,
+    target: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
 ) -> float:
     """One shuffled pass; returns the mean loss over rows, as Keras reports it."""
-    model.train()
+    module.train()
     total = torch.zeros((), device=x.device)
     order = torch.randperm(len(x), generator=generator).to(x.device)
     # torch.split and autograd.backward: the typed spellings of .split() and .backward().
     for batch in torch.split(order, batch_size):
-        loss = nn.functional.mse_loss(model.forward_normalized(x[batch]), y[batch])
+        loss = module.objective(module.forward_train(x[batch]), target[batch])
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()
         total += loss.detach() * len(batch)
-    model.eval()
+    module.eval()
     return float(total) / len(x)
 
 
-def _save(model: nn.Module, spec: TrainSpec, version_dir: Path) -> None:
+def _save(
+    model: nn.Module, spec: TrainSpec, kwargs: dict[str, int], version_dir: Path
+) -> None:
     torch.save(model.state_dict(), version_dir / WEIGHTS_FILE)
     config = {
         "architecture": spec.architecture,
-        "kwargs": {},
+        "kwargs": kwargs,
         "input_name": spec.input_name,
         "output_name": spec.output_name,
         "torch_version": torch.__version__,

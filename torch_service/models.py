@@ -1,23 +1,71 @@
-"""PyTorch architectures, keyed by the architecture names both frameworks share.
+"""PyTorch architectures, keyed by the names in `serving.architectures`, layer for layer.
 
 Every module here is rebuilt from `ARCHITECTURES[name](**kwargs)` and then filled from a
 `state_dict`, so anything a trained model needs at inference (normalisation statistics
 included) must be a parameter or a registered buffer, never a plain attribute.
+
+Each module has two outputs: `forward_train`, where the training objective is taken (the
+normalised target, or logits), and `forward`, what the served model returns (raw target
+units, or softmax probabilities). Keeping both on one module means the saved `state_dict`
+is the same whichever way the module is used.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "LinearRegressor"]
+__all__ = [
+    "ARCHITECTURES",
+    "ConvClassifier",
+    "LinearRegressor",
+    "MLPRegressor",
+    "TrainableModule",
+]
 
 
-class LinearRegressor(nn.Module):
-    """y = linear((x - x_mean) / x_std) * y_std + y_mean, one feature in, one value out.
+class TrainableModule(nn.Module):
+    """What the backend's training loop needs from an architecture."""
 
-    Training happens in the normalised space (see `forward_normalized`): raw house sizes in
-    the thousands would make one learning rate wrong for both the slope and the bias.
+    @classmethod
+    def kwargs_for(cls, x_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
+        """Constructor arguments that fit training inputs of `x_shape` (batch first)."""
+        raise NotImplementedError
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        # glorot_uniform / zeros: Keras's defaults for Dense and Conv2D (the fans agree:
+        # torch's [out, in, kh, kw] and Keras's [kh, kw, in, out] give the same two products).
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                nn.init.xavier_uniform_(layer.weight, generator=generator)
+                nn.init.zeros_(layer.bias)
+
+    def fit_statistics(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Takes whatever the module learns from the training rows before the first step."""
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """`y` in the space of `forward_train`."""
+        return y
+
+    def forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def objective(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss, averaged over rows, of `forward_train` against `target(y)`."""
+        raise NotImplementedError
+
+    def metric(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The validation metric of EPOCH_METRICS on raw `x` and `y`."""
+        raise NotImplementedError
+
+
+class _Regressor(TrainableModule):
+    """y = body((x - x_mean) / x_std) * y_std + y_mean.
+
+    Training happens in the normalised space: raw house sizes in the thousands would make
+    one learning rate wrong for both the weights and the biases.
     """
 
     x_mean: torch.Tensor
@@ -25,23 +73,22 @@ class LinearRegressor(nn.Module):
     y_mean: torch.Tensor
     y_std: torch.Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, features: int, body: nn.Module) -> None:
         super().__init__()
-        # Identity statistics until `set_statistics`; buffers so they travel in state_dict.
-        self.register_buffer("x_mean", torch.zeros(1))
-        self.register_buffer("x_std", torch.ones(1))
+        # Identity statistics until `fit_statistics`; buffers so they travel in state_dict.
+        self.register_buffer("x_mean", torch.zeros(features))
+        self.register_buffer("x_std", torch.ones(features))
         self.register_buffer("y_mean", torch.zeros(1))
         self.register_buffer("y_std", torch.ones(1))
-        self.linear = nn.Linear(1, 1)
+        self.body = body
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        # glorot_uniform / zeros: Keras's Dense defaults, so both frameworks start alike.
-        nn.init.xavier_uniform_(self.linear.weight, generator=generator)
-        nn.init.zeros_(self.linear.bias)
+    @classmethod
+    def kwargs_for(cls, x_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
+        return {"features": x_shape[1]}
 
     @torch.no_grad()
-    def set_statistics(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Stores column mean and std of the training inputs and targets."""
+    def fit_statistics(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Stores the column mean and (population) std of the training inputs and targets."""
         for name, values in (("x", x), ("y", y)):
             std = values.std(dim=0, unbiased=False)
             # A constant column would divide by zero; leave it unscaled instead.
@@ -49,22 +96,95 @@ class LinearRegressor(nn.Module):
             getattr(self, f"{name}_mean").copy_(values.mean(dim=0))
             getattr(self, f"{name}_std").copy_(std)
 
-    def normalize_target(self, y: torch.Tensor) -> torch.Tensor:
+    def target(self, y: torch.Tensor) -> torch.Tensor:
         return (y - self.y_mean) / self.y_std
 
-    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """The prediction in the normalised target space, where the loss is taken."""
-        out: torch.Tensor = self.linear((x - self.x_mean) / self.x_std)
+    def forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.body((x - self.x_mean) / self.x_std)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_normalized(x) * self.y_std + self.y_mean
+        return self.forward_train(x) * self.y_std + self.y_mean
 
-    def slope(self) -> float:
-        """d output / d input end to end, in the caller's units."""
-        return float((self.linear.weight * self.y_std / self.x_std).item())
+    def objective(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, target)
+
+    @torch.no_grad()
+    def metric(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """RMSE in target units."""
+        return math.sqrt(float(nn.functional.mse_loss(self(x), y)))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
+class LinearRegressor(_Regressor):
+    """`linear`: Dense(1) on the normalised inputs."""
+
+    def __init__(self, features: int = 1) -> None:  # the default loads configs without kwargs
+        super().__init__(features, nn.Linear(features, 1))
+
+
+class MLPRegressor(_Regressor):
+    """`mlp`: Dense(64, relu) -> Dense(64, relu) -> Dense(1) on the normalised inputs."""
+
+    def __init__(self, features: int) -> None:
+        body = nn.Sequential(
+            nn.Linear(features, 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
+            nn.Linear(64, 1),
+        )
+        super().__init__(features, body)
+
+
+class ConvClassifier(TrainableModule):
+    """`cnn`: Conv(16, 3x3, same, relu) -> MaxPool(2) -> Conv(32, 3x3, same, relu) -> MaxPool(2)
+    -> Flatten -> Dense(64, relu) -> Dense(classes), trained on logits, served as softmax.
+
+    Inputs arrive NHWC, the protocol's (and TensorFlow's) layout, and are permuted to NCHW
+    here. Flatten therefore runs over (C, H, W) rather than Keras's (H, W, C): the same layer,
+    its weights in another order.
+    """
+
+    def __init__(self, height: int, width: int, channels: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (height // 4) * (width // 4), 64),
+            nn.ReLU(),
+            nn.Linear(64, classes),
+        )
+
+    @classmethod
+    def kwargs_for(cls, x_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
+        _, height, width, channels = x_shape
+        return {"height": height, "width": width, "channels": channels, "classes": num_classes}
+
+    def forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [N, classes] of NHWC images."""
+        out: torch.Tensor = self.body(x.permute(0, 3, 1, 2))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [N, classes]."""
+        return torch.softmax(self.forward_train(x), dim=1)
+
+    def objective(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
+
+    @torch.no_grad()
+    def metric(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy in [0, 1]."""
+        return float((self.forward_train(x).argmax(dim=1) == y).float().mean())
+
+
+ARCHITECTURES: dict[str, type[TrainableModule]] = {
     "linear": LinearRegressor,
+    "mlp": MLPRegressor,
+    "cnn": ConvClassifier,
 }

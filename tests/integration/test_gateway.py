@@ -21,7 +21,8 @@ from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.repository import ModelRepository
-from serving.seed import seed_repository, train_version
+from serving.seed import seed_repository
+from serving.trainer import train_version
 from serving.server import Service
 
 from .oip import (
@@ -48,11 +49,13 @@ def _train(repository: Path, model: str, slope: float) -> None:
         architecture="linear",
         x=x,
         y=slope * x,
+        x_val=x[:0],
+        y_val=x[:0],
         input_name=HOUSE_PRICE_INPUT,
         output_name=HOUSE_PRICE_OUTPUT,
     )
     backend = AffineBackend(framework="pytorch")
-    assert train_version(ModelRepository(repository), backend, model, spec, f"{slope} x") == 1
+    assert train_version(ModelRepository(repository), backend, model, spec, f"{slope} x")[0] == 1
 
 
 @dataclass

@@ -17,7 +17,7 @@ from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.repository import ModelRepository
-from serving.seed import train_version
+from serving.trainer import train_version
 from serving.server import SERVICE_NAME, Service
 
 from .oip import (
@@ -290,10 +290,12 @@ def test_loading_a_new_version_serves_the_latest(fresh: tuple[Path, Stub]) -> No
         architecture="linear",
         x=x,
         y=0.25 * x,
+        x_val=x[:0],
+        y_val=x[:0],
         input_name=HOUSE_PRICE_INPUT,
         output_name=HOUSE_PRICE_OUTPUT,
     )
-    version = train_version(ModelRepository(repository), AffineBackend(), SEED_MODEL, spec, "t")
+    version, _ = train_version(ModelRepository(repository), AffineBackend(), SEED_MODEL, spec, "t")
     assert version == 2
     _assert_serves(stub, "1", 360.0)  # written is not loaded
 

@@ -1,0 +1,328 @@
+"""Training jobs: queued, run one at a time off the event loop, observable while they run.
+
+A job lives independently of the call that started it: its events are kept, so a client can
+disconnect and come back (`follow`) or ask for its state (`get`). Cancelling stops it at the
+end of the current epoch; a cancelled or failed job leaves no model version (the repository
+commits a version only when training returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from serving.backend import Backend, TrainSpec
+from serving.errors import NotFound, ResourceExhausted, ServingError
+from serving.manager import ModelManager
+from serving.repository import ModelRepository
+from serving.tensorboard import RunLog
+from serving.trainer import train_version
+from serving.training_data import TrainOrder, TrainPlan, plan_training
+
+__all__ = ["Job", "JobEvent", "JobManager", "JobResult", "JobState", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+_DONE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float | None
+    metric: str
+    val_metric: float | None
+    samples_per_second: float
+    elapsed_seconds: float
+    eta_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    model_name: str
+    version: int
+    path: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    kind: Literal["started", "progress", "finished", "failed", "cancelled"]
+    state: JobState
+    progress: Progress | None = None
+    result: JobResult | None = None
+    error: str = ""
+
+
+class JobCancelled(Exception):
+    """Raised from the epoch callback to stop a job the client cancelled."""
+
+
+class TrainingDiverged(ServingError):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    framework: str
+    plan: TrainPlan
+    tensorboard_dir: Path
+    created: float = field(default_factory=time.time)
+    finished: float = 0.0
+    state: JobState = JobState.PENDING
+    error: str = ""
+    history: list[Progress] = field(default_factory=list)
+    result: JobResult | None = None
+    events: list[JobEvent] = field(default_factory=list)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Swapped for a fresh one on every event; set (on the event loop) to wake followers.
+    waiter: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def done(self) -> bool:
+        return self.state in _DONE
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, asyncio.Event()
+        waiter.set()
+
+
+class JobManager:
+    def __init__(
+        self,
+        backend: Backend,
+        repository: ModelRepository,
+        models: ModelManager,
+        *,
+        data_dir: Path,
+        tensorboard_dir: Path,
+        max_pending: int = 8,
+        keep_finished: int = 100,
+    ) -> None:
+        self.backend = backend
+        self.repository = repository
+        self.models = models
+        self.data_dir = data_dir
+        self.tensorboard_dir = tensorboard_dir
+        self.max_pending = max_pending
+        self.keep_finished = keep_finished
+        self._jobs: dict[str, Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # One job at a time: two trainings would only fight over the same cores.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+
+    # ---- called on the event loop ----
+
+    def submit(self, order: TrainOrder) -> Job:
+        """Validates the order (InvalidInput, nothing written) and queues a job."""
+        self._loop = asyncio.get_running_loop()
+        plan = plan_training(order, self.data_dir)
+        pending = sum(1 for job in self._jobs.values() if job.state is JobState.PENDING)
+        if pending >= self.max_pending:
+            raise ResourceExhausted(
+                f"{pending} training jobs are already waiting; try again when one has started"
+            )
+        job_id = f"{self.backend.framework}-{uuid.uuid4().hex[:12]}"
+        job = Job(
+            id=job_id,
+            framework=self.backend.framework,
+            plan=plan,
+            tensorboard_dir=self.tensorboard_dir
+            / plan.model_name
+            / self.backend.framework
+            / job_id,
+        )
+        self._jobs[job_id] = job
+        self._forget_old()
+        self._executor.submit(self._run, job)
+        logger.info("queued job %s: %s on %s", job_id, plan.architecture.name, plan.dataset)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no training job '{job_id}' on this {self.backend.framework} service")
+        return job
+
+    def list(self, model_name: str = "") -> list[Job]:
+        jobs = sorted(self._jobs.values(), key=lambda job: job.created)
+        return [job for job in jobs if not model_name or job.plan.model_name == model_name]
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        job.cancel_requested.set()
+        return job
+
+    async def follow(self, job: Job) -> AsyncIterator[JobEvent]:
+        """Every event of `job` from the first, then live ones until it ends."""
+        seen = 0
+        while True:
+            with job.lock:
+                new, done = job.events[seen:], job.done
+            for event in new:
+                yield event
+            seen += len(new)
+            if done:
+                return
+            waiter = job.waiter
+            with job.lock:
+                if len(job.events) > seen or job.done:
+                    continue
+            await waiter.wait()
+
+    def shutdown(self) -> None:
+        """Cancels every job (each stops within an epoch) and waits for the worker."""
+        for job in self._jobs.values():
+            job.cancel_requested.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _forget_old(self) -> None:
+        finished = sorted(
+            (job for job in self._jobs.values() if job.done), key=lambda job: job.finished
+        )
+        for job in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[job.id]
+
+    # ---- called on the training thread ----
+
+    def _emit(self, job: Job, event: JobEvent, state: JobState | None = None) -> None:
+        with job.lock:
+            if state is not None:
+                job.state = state
+                if state in _DONE:
+                    job.finished = time.time()
+            if event.progress is not None:
+                job.history.append(event.progress)
+            if event.result is not None:
+                job.result = event.result
+            if event.error:
+                job.error = event.error
+            job.events.append(event)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(job.wake)
+
+    def _run(self, job: Job) -> None:
+        plan = job.plan
+        if job.cancel_requested.is_set():
+            job.error = "cancelled before it started"
+            self._emit(
+                job, JobEvent("cancelled", JobState.CANCELLED, error=job.error), JobState.CANCELLED
+            )
+            return
+        self._emit(job, JobEvent("started", JobState.RUNNING), JobState.RUNNING)
+        metric = "accuracy" if plan.architecture.task == "classification" else "rmse"
+        run_log = RunLog(job.tensorboard_dir, metric)
+        try:
+            spec = TrainSpec(
+                architecture=plan.architecture.name,
+                x=plan.x,
+                y=plan.y,
+                x_val=plan.x_val,
+                y_val=plan.y_val,
+                input_name=plan.input_name,
+                output_name=plan.output_name,
+                task=plan.architecture.task,
+                num_classes=plan.num_classes,
+                epochs=plan.epochs,
+                batch_size=plan.batch_size,
+                learning_rate=plan.learning_rate,
+                optimizer=plan.optimizer,
+                seed=plan.seed,
+                device=plan.device,
+                on_epoch=_EpochReporter(self, job, run_log, metric),
+            )
+            test = (
+                None if plan.x_test is None or plan.y_test is None else (plan.x_test, plan.y_test)
+            )
+            version, metrics = train_version(
+                self.repository,
+                self.backend,
+                plan.model_name,
+                spec,
+                plan.dataset,
+                hyperparameters=plan.hyperparameters,
+                test=test,
+            )
+            path = self.repository.path(plan.model_name, version)
+            self.models.load(plan.model_name)  # served from now on
+            job.result = JobResult(plan.model_name, version, str(path), metrics)
+            self._emit(
+                job, JobEvent("finished", JobState.SUCCEEDED, result=job.result), JobState.SUCCEEDED
+            )
+            logger.info(
+                "job %s stored %s version %d: %s", job.id, plan.model_name, version, metrics
+            )
+        except JobCancelled:
+            job.error = f"cancelled after epoch {len(job.history)}"
+            self._emit(
+                job, JobEvent("cancelled", JobState.CANCELLED, error=job.error), JobState.CANCELLED
+            )
+        except ServingError as exc:
+            job.error = exc.message
+            self._emit(job, JobEvent("failed", JobState.FAILED, error=job.error), JobState.FAILED)
+        except Exception as exc:
+            logger.exception("job %s failed", job.id)
+            job.error = f"internal error ({type(exc).__name__}); the service log has details"
+            self._emit(job, JobEvent("failed", JobState.FAILED, error=job.error), JobState.FAILED)
+        finally:
+            run_log.close()
+
+
+class _EpochReporter:
+    """The epoch callback handed to the backend: progress, TensorBoard, NaN and cancel checks."""
+
+    def __init__(self, jobs: JobManager, job: Job, run_log: RunLog, metric: str) -> None:
+        self.jobs, self.job, self.run_log, self.metric = jobs, job, run_log, metric
+        self.start = self.last = time.monotonic()
+        self.rows = len(job.plan.x)
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        now = time.monotonic()
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss} at epoch {epoch}; "
+                "try a smaller learning rate"
+            )
+        epochs = self.job.plan.epochs
+        elapsed = now - self.start
+        progress = Progress(
+            epoch=epoch,
+            epochs=epochs,
+            train_loss=loss,
+            val_loss=metrics.get("val_loss"),
+            metric=self.metric,
+            val_metric=metrics.get("val_metric"),
+            samples_per_second=self.rows / max(now - self.last, 1e-9),
+            elapsed_seconds=elapsed,
+            eta_seconds=elapsed / epoch * (epochs - epoch),
+        )
+        self.last = now
+        self.run_log.epoch(epoch, {**metrics, "samples_per_second": progress.samples_per_second})
+        self.jobs._emit(self.job, JobEvent("progress", JobState.RUNNING, progress=progress))
+        if self.job.cancel_requested.is_set():
+            raise JobCancelled

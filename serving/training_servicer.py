@@ -1,0 +1,180 @@
+"""TrainingService: translates twinserve.v1 training messages to the job manager and back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+import numpy as np
+
+from serving.errors import InvalidInput
+from serving.jobs import Job, JobEvent, JobManager, JobState, Progress
+from serving.pb.twinserve.v1 import training_pb2 as tpb
+from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
+from serving.training_data import BuiltinData, CsvData, InlineData, TrainOrder
+
+__all__ = ["TrainingServicer", "job_to_pb"]
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+_STATES = {
+    JobState.PENDING: tpb.JOB_STATE_PENDING,
+    JobState.RUNNING: tpb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: tpb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: tpb.JOB_STATE_FAILED,
+    JobState.CANCELLED: tpb.JOB_STATE_CANCELLED,
+}
+
+
+def _tensor(message: tpb.Tensor, what: str) -> np.ndarray:
+    shape = tuple(message.shape)
+    if any(dim <= 0 for dim in shape):
+        raise InvalidInput(f"inline {what} shape {list(shape)} must have positive dimensions")
+    if math.prod(shape) != len(message.values):
+        raise InvalidInput(
+            f"inline {what} shape {list(shape)} needs {math.prod(shape)} values, "
+            f"got {len(message.values)}"
+        )
+    return np.asarray(message.values, dtype=np.float32).reshape(shape)
+
+
+def order_from_pb(request: tpb.TrainRequest) -> TrainOrder:
+    source = request.dataset.WhichOneof("source")
+    dataset: BuiltinData | InlineData | CsvData | None = None
+    if source == "builtin":
+        dataset = BuiltinData(request.dataset.builtin)
+    elif source == "inline":
+        inline = request.dataset.inline
+        dataset = InlineData(_tensor(inline.inputs, "inputs"), _tensor(inline.targets, "targets"))
+    elif source == "csv":
+        csv = request.dataset.csv
+        dataset = CsvData(csv.path, tuple(csv.feature_columns), csv.target_column)
+    hp = request.hyperparameters
+    return TrainOrder(
+        model_name=request.model_name,
+        architecture=request.architecture,
+        dataset=dataset,
+        epochs=hp.epochs if hp.HasField("epochs") else None,
+        batch_size=hp.batch_size if hp.HasField("batch_size") else None,
+        learning_rate=hp.learning_rate if hp.HasField("learning_rate") else None,
+        optimizer=hp.optimizer if hp.HasField("optimizer") else None,
+        seed=hp.seed if hp.HasField("seed") else None,
+        validation_split=hp.validation_split if hp.HasField("validation_split") else None,
+        device=request.device,
+    )
+
+
+def _progress(progress: Progress) -> tpb.EpochProgress:
+    message = tpb.EpochProgress(
+        epoch=progress.epoch,
+        epochs=progress.epochs,
+        train_loss=progress.train_loss,
+        metric=progress.metric,
+        samples_per_second=progress.samples_per_second,
+        elapsed_seconds=progress.elapsed_seconds,
+        eta_seconds=progress.eta_seconds,
+    )
+    if progress.val_loss is not None:
+        message.val_loss = progress.val_loss
+    if progress.val_metric is not None:
+        message.val_metric = progress.val_metric
+    return message
+
+
+def job_to_pb(job: Job) -> tpb.Job:
+    with job.lock:
+        plan = job.plan
+        message = tpb.Job(
+            job_id=job.id,
+            framework=job.framework,
+            model_name=plan.model_name,
+            architecture=plan.architecture.name,
+            dataset=plan.dataset,
+            device=plan.device,
+            state=_STATES[job.state],
+            error=job.error,
+            epoch=job.history[-1].epoch if job.history else 0,
+            epochs=plan.epochs,
+            history=[_progress(p) for p in job.history],
+            hyperparameters=tpb.HyperParameters(
+                epochs=plan.epochs,
+                batch_size=plan.batch_size,
+                learning_rate=plan.learning_rate,
+                optimizer=plan.optimizer,
+                seed=plan.seed,
+                validation_split=plan.validation_split,
+            ),
+            created_unix=job.created,
+            finished_unix=job.finished,
+            tensorboard_dir=str(job.tensorboard_dir),
+        )
+        if job.result is not None:
+            message.result.CopyFrom(_result(job))
+    return message
+
+
+def _result(job: Job) -> tpb.JobResult:
+    assert job.result is not None
+    result = job.result
+    return tpb.JobResult(
+        model_name=result.model_name,
+        version=result.version,
+        path=result.path,
+        metrics=result.metrics,
+    )
+
+
+def _event(job: Job, event: JobEvent) -> tpb.TrainEvent:
+    message = tpb.TrainEvent(job_id=job.id, state=_STATES[event.state])
+    if event.kind == "started":
+        message.started.CopyFrom(job_to_pb(job))
+    elif event.progress is not None:
+        message.progress.CopyFrom(_progress(event.progress))
+    elif event.result is not None:
+        message.finished.CopyFrom(_result(job))
+    else:
+        message.error = event.error
+    return message
+
+
+class TrainingServicer(tpb_grpc.TrainingServiceServicer):
+    def __init__(self, jobs: JobManager, framework: str) -> None:
+        self.jobs = jobs
+        self.framework = framework
+
+    async def Train(
+        self, request: tpb.TrainRequest, context: Context
+    ) -> AsyncIterator[tpb.TrainEvent]:
+        if request.framework and request.framework != self.framework:
+            raise InvalidInput(
+                f"this is the {self.framework} service; it cannot train for "
+                f"'{request.framework}' (send it through the gateway)"
+            )
+        job = self.jobs.submit(order_from_pb(request))
+        # If the client goes away this generator is cancelled; the job is not.
+        async for event in self.jobs.follow(job):
+            yield _event(job, event)
+
+    async def WatchJob(
+        self, request: tpb.JobRequest, context: Context
+    ) -> AsyncIterator[tpb.TrainEvent]:
+        job = self.jobs.get(request.job_id)
+        async for event in self.jobs.follow(job):
+            yield _event(job, event)
+
+    async def GetJob(self, request: tpb.JobRequest, context: Context) -> tpb.Job:
+        return job_to_pb(self.jobs.get(request.job_id))
+
+    async def ListJobs(
+        self, request: tpb.ListJobsRequest, context: Context
+    ) -> tpb.ListJobsResponse:
+        if request.framework and request.framework != self.framework:
+            return tpb.ListJobsResponse()
+        return tpb.ListJobsResponse(
+            jobs=[job_to_pb(job) for job in self.jobs.list(request.model_name)]
+        )
+
+    async def CancelJob(self, request: tpb.JobRequest, context: Context) -> tpb.Job:
+        return job_to_pb(self.jobs.cancel(request.job_id))

@@ -79,6 +79,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        server_streaming = handler.unary_stream
+        if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(cast(StreamBehavior, server_streaming), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         stream = handler.stream_stream
         if stream is not None and inspect.isasyncgenfunction(stream):
             return grpc.stream_stream_rpc_method_handler(

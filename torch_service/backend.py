@@ -230,9 +230,7 @@ def _epoch(
     return float(total) / len(x)
 
 
-def _save(
-    model: nn.Module, spec: TrainSpec, kwargs: dict[str, int], version_dir: Path
-) -> None:
+def _save(model: nn.Module, spec: TrainSpec, kwargs: dict[str, int], version_dir: Path) -> None:
     torch.save(model.state_dict(), version_dir / WEIGHTS_FILE)
     config = {
         "architecture": spec.architecture,

@@ -80,7 +80,7 @@ def _regressor(spec: TrainSpec, body: list[keras.layers.Layer]) -> Built:
         trained=keras.Model(inputs, z, name=f"{spec.architecture}_normalised"),
         served=served,
         loss=keras.losses.MeanSquaredError(),
-        target=lambda values: ((np.asarray(values, np.float32) - y_mean) / y_std),
+        target=lambda values: (np.asarray(values, np.float32) - y_mean) / y_std,
         metric=rmse,
     )
 
@@ -121,9 +121,7 @@ def _cnn(spec: TrainSpec) -> Built:
 
     return Built(
         trained=trained,
-        served=keras.Model(
-            inputs, keras.layers.Softmax(name="probabilities")(logits), name="cnn"
-        ),
+        served=keras.Model(inputs, keras.layers.Softmax(name="probabilities")(logits), name="cnn"),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         target=lambda values: np.asarray(values, np.int64),
         metric=accuracy,

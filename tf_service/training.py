@@ -73,9 +73,7 @@ def _fit(built: Built, spec: TrainSpec) -> dict[str, float]:
     # One graph call runs a whole epoch (a tf.while_loop over `steps` batches): per-step
     # Python dispatch was half the run time of these small models. The loss Keras reports
     # is still the mean over the epoch's rows.
-    built.trained.compile(
-        optimizer=_optimizer(spec), loss=built.loss, steps_per_execution=steps
-    )
+    built.trained.compile(optimizer=_optimizer(spec), loss=built.loss, steps_per_execution=steps)
     # One repeated dataset and steps_per_epoch keep a single iterator for the whole run:
     # fit() on arrays builds two input pipelines per epoch, which made 200 epochs of the
     # linear model take 20-30 s instead of about 2 s. Repeating after batching keeps the

@@ -196,7 +196,8 @@ def _fit(module: TrainableModule, spec: TrainSpec, device: torch.device) -> dict
     target, val_target = module.target(y), module.target(y_val)
     metrics: dict[str, float] = {}
     for epoch in range(1, spec.epochs + 1):
-        metrics = {"loss": _epoch(module, optimizer, x, target, spec.batch_size, generator)}
+        loss = _epoch(module, optimizer, x, target, batch_size=spec.batch_size, generator=generator)
+        metrics = {"loss": loss}
         if len(x_val):
             with torch.no_grad():
                 val_loss = module.objective(module.forward_train(x_val), val_target)
@@ -212,6 +213,7 @@ def _epoch(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     target: torch.Tensor,
+    *,
     batch_size: int,
     generator: torch.Generator,
 ) -> float:

@@ -40,7 +40,8 @@ class TrainableModule(nn.Module):
         for layer in self.modules():
             if isinstance(layer, nn.Linear | nn.Conv2d):
                 nn.init.xavier_uniform_(layer.weight, generator=generator)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
     def fit_statistics(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Takes whatever the module learns from the training rows before the first step."""

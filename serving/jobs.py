@@ -136,10 +136,11 @@ class JobManager:
 
     # ---- called on the event loop ----
 
-    def submit(self, order: TrainOrder) -> Job:
+    async def submit(self, order: TrainOrder) -> Job:
         """Validates the order (InvalidInput, nothing written) and queues a job."""
         self._loop = asyncio.get_running_loop()
-        plan = plan_training(order, self.data_dir)
+        # Reading a CSV (up to MAX_CSV_BYTES) or a built-in dataset blocks: off the loop.
+        plan = await asyncio.to_thread(plan_training, order, self.data_dir)
         pending = sum(1 for job in self._jobs.values() if job.state is JobState.PENDING)
         if pending >= self.max_pending:
             raise ResourceExhausted(

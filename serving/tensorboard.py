@@ -3,12 +3,14 @@ tags: `tensorboard --logdir <dir>` shows them side by side (runs are <model>/<fr
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
-__all__ = ["TAGS", "RunLog"]
+__all__ = ["TAGS", "RunLog", "read_scalars"]
 
 # Epoch metric -> tag. `{metric}` is "rmse" or "accuracy".
 TAGS = {
@@ -33,3 +35,22 @@ class RunLog:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Reads the scalars of every event file under `directory` back: tag -> [(step, value)].
+
+    Event files are TFRecords: an 8-byte little-endian length, its 4-byte CRC, the payload
+    (an `Event` protobuf), the payload's 4-byte CRC."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 12 <= len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            payload = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = event_pb2.Event.FromString(payload)
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

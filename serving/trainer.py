@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from serving.backend import Backend, TrainSpec
+from serving.backend import Backend, Model, TrainSpec
 from serving.repository import ModelRepository, VersionMeta
 
 __all__ = ["evaluate", "train_version"]
@@ -22,6 +22,19 @@ def evaluate(predictions: np.ndarray, targets: np.ndarray, task: str) -> dict[st
     return {"test_rmse": float(np.sqrt(np.mean(error**2)))}
 
 
+def _line(model: Model, spec: TrainSpec) -> dict[str, float]:
+    """End-to-end slope and intercept of a one-feature model in the caller's units, whatever
+    scaling sits inside (the house-price model should learn weight 0.2). Measured across the
+    widest span of the data, from the stored model, the same way for both frameworks."""
+    low, high = float(spec.x.min()), float(spec.x.max())
+    high = high if high > low else low + 1.0
+    points = np.array([[low], [high], [0.0]], dtype=np.float32)
+    at_low, at_high, at_zero = (
+        model.predict({spec.input_name: points})[spec.output_name].astype(np.float64).reshape(-1)
+    )
+    return {"weight": (at_high - at_low) / (high - low), "bias": float(at_zero)}
+
+
 def train_version(
     repository: ModelRepository,
     backend: Backend,
@@ -33,17 +46,21 @@ def train_version(
     test: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Trains `spec` and stores it as the next version of `model`. Returns the version and
-    its metrics. Any exception (a cancelled job, a failed training) leaves no version."""
+    its metrics: the backend's (the last epoch's EPOCH_METRICS and train_seconds), held-out
+    test metrics when `test` is given, and for `linear` the end-to-end weight and bias.
+    Any exception (a cancelled job, a failed training) leaves no version."""
     with repository.new_version(model) as (version, staging):
         result = backend.train(spec, staging)
         metrics = dict(result.metrics)
-        if test is not None and len(test[0]):
-            trained = backend.load(staging, spec.architecture)
-            try:
+        trained = backend.load(staging, spec.architecture)
+        try:
+            if test is not None and len(test[0]):
                 outputs = trained.predict({spec.input_name: test[0]})
-            finally:
-                trained.close()
-            metrics.update(evaluate(outputs[spec.output_name], test[1], spec.task))
+                metrics.update(evaluate(outputs[spec.output_name], test[1], spec.task))
+            if spec.architecture == "linear":
+                metrics.update(_line(trained, spec))
+        finally:
+            trained.close()
         meta = VersionMeta(
             framework=backend.framework,
             platform=backend.platform,

@@ -30,6 +30,8 @@ __all__ = [
 
 MAX_EPOCHS = 100_000
 MAX_CSV_BYTES = 256 * 1024 * 1024
+# NumPy's generators take no negative seed, and Keras reseeds NumPy's legacy one (< 2**32).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,11 @@ def _csv(order: CsvData, data_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _targets(y: np.ndarray, task: str) -> tuple[np.ndarray, int]:
+    # One target per row: [N] or [N, 1]. Reshaping anything wider would pair rows with
+    # another row's targets.
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+        wanted = "[N, 1]" if task == "regression" else "[N]"
+        raise InvalidInput(f"targets must have shape {wanted}, got {list(y.shape)}")
     if task == "regression":
         return y.reshape(-1, 1).astype(np.float32), 0
     flat = y.reshape(-1)
@@ -158,13 +165,21 @@ def _positive_int(name: str, value: int | None, default: int, limit: int) -> int
     return value
 
 
-def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
-    check_model_name(order.model_name)
-    arch = architectures.get(order.architecture)
+@dataclass(frozen=True, slots=True)
+class _Data:
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    input_name: str
+    output_name: str
+    description: str
+    num_classes: int
+
+
+def _load(order: TrainOrder, arch: architectures.Architecture, data_dir: Path) -> _Data:
     if order.dataset is None:
         raise InvalidInput("the request names no dataset")
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
     if isinstance(order.dataset, BuiltinData):
         builtin = load_builtin(order.dataset.name)
         if builtin.task != arch.task:
@@ -172,23 +187,36 @@ def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
                 f"dataset '{builtin.name}' is for {builtin.task}, architecture "
                 f"'{arch.name}' does {arch.task}"
             )
-        x, y, x_test, y_test = builtin.x_train, builtin.y_train, builtin.x_test, builtin.y_test
-        input_name, output_name, description = builtin.input_name, builtin.output_name, builtin.name
-        num_classes = builtin.num_classes
+        return _Data(
+            builtin.x_train,
+            builtin.y_train,
+            builtin.x_test,
+            builtin.y_test,
+            builtin.input_name,
+            builtin.output_name,
+            builtin.name,
+            builtin.num_classes,
+        )
+    if isinstance(order.dataset, InlineData):
+        x, raw_y, description = order.dataset.x, order.dataset.y, "inline"
+        if x.size == 0 or raw_y.size == 0:
+            raise InvalidInput("inline data is empty")
     else:
-        if isinstance(order.dataset, InlineData):
-            x, raw_y, description = order.dataset.x, order.dataset.y, "inline"
-            if x.size == 0 or raw_y.size == 0:
-                raise InvalidInput("inline data is empty")
-        else:
-            x, raw_y, description = _csv(order.dataset, data_dir)
-        if not np.isfinite(raw_y).all():
-            raise InvalidInput("targets contain NaN or infinite values")
-        y, num_classes = _targets(raw_y, arch.task)
-        x = x.astype(np.float32)
-        input_name = "input"
-        output_name = "probabilities" if arch.task == "classification" else "output"
-    architectures.check_data(arch, x, y, num_classes)
+        x, raw_y, description = _csv(order.dataset, data_dir)
+    if not np.isfinite(raw_y).all():
+        raise InvalidInput("targets contain NaN or infinite values")
+    y, num_classes = _targets(raw_y, arch.task)
+    output_name = "probabilities" if arch.task == "classification" else "output"
+    return _Data(
+        x.astype(np.float32), y, None, None, "input", output_name, description, num_classes
+    )
+
+
+def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
+    check_model_name(order.model_name)
+    arch = architectures.get(order.architecture)
+    data = _load(order, arch, data_dir)
+    architectures.check_data(arch, data.x, data.y, data.num_classes)
 
     epochs = _positive_int("epochs", order.epochs, arch.epochs, MAX_EPOCHS)
     batch_size = _positive_int("batch_size", order.batch_size, arch.batch_size, 1 << 20)
@@ -202,22 +230,24 @@ def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
     if not 0 <= fraction < 1:
         raise InvalidInput(f"validation_split must be in [0, 1), got {fraction}")
     seed = order.seed or 0
-    x_train, y_train, x_val, y_val = validation_split(x, y, fraction, seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInput(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    x_train, y_train, x_val, y_val = validation_split(data.x, data.y, fraction, seed)
     if len(x_train) < 1:
         raise InvalidInput("no training rows are left after the validation split")
     return TrainPlan(
         model_name=order.model_name,
         architecture=arch,
-        dataset=description,
+        dataset=data.description,
         x=x_train,
         y=y_train,
         x_val=x_val,
         y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        input_name=input_name,
-        output_name=output_name,
-        num_classes=num_classes,
+        x_test=data.x_test,
+        y_test=data.y_test,
+        input_name=data.input_name,
+        output_name=data.output_name,
+        num_classes=data.num_classes,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,

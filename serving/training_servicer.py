@@ -30,6 +30,9 @@ _STATES = {
 
 def _tensor(message: tpb.Tensor, what: str) -> np.ndarray:
     shape = tuple(message.shape)
+    if not shape and not message.values:
+        # Unset: without this, a rank-0 shape "needs 1 value", which hides the mistake.
+        raise InvalidInput(f"inline data is empty: the {what} tensor has no shape and no values")
     if any(dim <= 0 for dim in shape):
         raise InvalidInput(f"inline {what} shape {list(shape)} must have positive dimensions")
     if math.prod(shape) != len(message.values):
@@ -152,7 +155,7 @@ class TrainingServicer(tpb_grpc.TrainingServiceServicer):
                 f"this is the {self.framework} service; it cannot train for "
                 f"'{request.framework}' (send it through the gateway)"
             )
-        job = self.jobs.submit(order_from_pb(request))
+        job = await self.jobs.submit(order_from_pb(request))
         # If the client goes away this generator is cancelled; the job is not.
         async for event in self.jobs.follow(job):
             yield _event(job, event)

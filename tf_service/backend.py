@@ -124,8 +124,6 @@ class TFBackend:
         started = time.perf_counter()
         model, metrics = train(spec, device)
         metrics["train_seconds"] = round(time.perf_counter() - started, 3)
-        if spec.architecture == "linear":
-            metrics.update(_line(model, spec))
         logger.info("trained %s on %s: %s", spec.architecture, device, metrics)
 
         exported = _Exported(model, spec.x.shape[1:], spec.input_name, spec.output_name)
@@ -170,14 +168,3 @@ def _check_spec(spec: TrainSpec) -> None:
                 f"invalid tensor name '{name}' for TensorFlow: use letters, digits and '_', "
                 "starting with a letter"
             )
-
-
-def _line(model: keras.Model, spec: TrainSpec) -> dict[str, float]:
-    """End-to-end slope and intercept of a linear model in the caller's units, whatever
-    scaling sits inside; the widest span of the data keeps float32 rounding out of the slope."""
-    low = float(min(spec.x.min(), spec.x_val.min(initial=np.inf)))
-    high = float(max(spec.x.max(), spec.x_val.max(initial=-np.inf)))
-    high = high if high > low else low + 1.0
-    points = np.array([[low], [high], [0.0]], dtype=np.float32)
-    at_low, at_high, at_zero = np.asarray(model(points, training=False), np.float64)[:, 0]
-    return {"weight": float((at_high - at_low) / (high - low)), "bias": float(at_zero)}

@@ -134,11 +134,9 @@ def test_learns_price_from_size(linear: Run, linear_model: Model) -> None:
     assert linear.predict(linear_model, _sizes([1800.0]))[0, 0] == pytest.approx(360.0, abs=1.0)
 
 
-def test_linear_metrics_show_the_learned_slope(linear: Run) -> None:
+def test_linear_metrics_are_the_epoch_metrics(linear: Run) -> None:
     metrics = linear.result.metrics
-    assert set(metrics) == {*EPOCH_METRICS, "train_seconds", "weight", "bias"}
-    assert metrics["weight"] == pytest.approx(0.2, abs=0.01)
-    assert metrics["bias"] == pytest.approx(0.0, abs=2.0)
+    assert set(metrics) == {*EPOCH_METRICS, "train_seconds"}
     # loss and val_loss are MSE of the normalised target, val_metric RMSE in thousands.
     assert metrics["loss"] < 0.01
     assert metrics["val_loss"] < 0.01

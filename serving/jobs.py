@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -173,8 +174,17 @@ class JobManager:
         return [job for job in jobs if not model_name or job.plan.model_name == model_name]
 
     def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once; a running one at the end of its epoch."""
         job = self.get(job_id)
         job.cancel_requested.set()
+        with job.lock:
+            pending = job.state is JobState.PENDING
+        if pending:
+            self._emit(
+                job,
+                JobEvent("cancelled", JobState.CANCELLED, error="cancelled before it started"),
+                JobState.CANCELLED,
+            )
         return job
 
     async def follow(self, job: Job) -> AsyncIterator[JobEvent]:
@@ -194,11 +204,16 @@ class JobManager:
                     continue
             await waiter.wait()
 
-    def shutdown(self) -> None:
-        """Cancels every job (each stops within an epoch) and waits for the worker."""
-        for job in self._jobs.values():
+    def cancel_all(self) -> None:
+        """Asks every job to stop (each does within an epoch); does not wait."""
+        for job in list(self._jobs.values()):
             job.cancel_requested.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        """Cancels every job and waits for the worker."""
+        self.cancel_all()
+        # Queued jobs still run, to see the cancel and end as CANCELLED rather than stay PENDING.
+        self._executor.shutdown(wait=True)
 
     def _forget_old(self) -> None:
         finished = sorted(
@@ -228,46 +243,50 @@ class JobManager:
 
     def _run(self, job: Job) -> None:
         plan = job.plan
+        with job.lock:
+            if job.done:  # cancelled while it waited
+                return
         if job.cancel_requested.is_set():
-            job.error = "cancelled before it started"
             self._emit(
-                job, JobEvent("cancelled", JobState.CANCELLED, error=job.error), JobState.CANCELLED
+                job,
+                JobEvent("cancelled", JobState.CANCELLED, error="cancelled before it started"),
+                JobState.CANCELLED,
             )
             return
         self._emit(job, JobEvent("started", JobState.RUNNING), JobState.RUNNING)
         metric = "accuracy" if plan.architecture.task == "classification" else "rmse"
-        run_log = RunLog(job.tensorboard_dir, metric)
+        test = None if plan.x_test is None or plan.y_test is None else (plan.x_test, plan.y_test)
         try:
-            spec = TrainSpec(
-                architecture=plan.architecture.name,
-                x=plan.x,
-                y=plan.y,
-                x_val=plan.x_val,
-                y_val=plan.y_val,
-                input_name=plan.input_name,
-                output_name=plan.output_name,
-                task=plan.architecture.task,
-                num_classes=plan.num_classes,
-                epochs=plan.epochs,
-                batch_size=plan.batch_size,
-                learning_rate=plan.learning_rate,
-                optimizer=plan.optimizer,
-                seed=plan.seed,
-                device=plan.device,
-                on_epoch=_EpochReporter(self, job, run_log, metric),
-            )
-            test = (
-                None if plan.x_test is None or plan.y_test is None else (plan.x_test, plan.y_test)
-            )
-            version, metrics = train_version(
-                self.repository,
-                self.backend,
-                plan.model_name,
-                spec,
-                plan.dataset,
-                hyperparameters=plan.hyperparameters,
-                test=test,
-            )
+            # Closed (flushed) before the job reports how it ended, so its TensorBoard run is
+            # complete by then; a run directory that cannot be made fails the job.
+            with closing(RunLog(job.tensorboard_dir, metric)) as run_log:
+                spec = TrainSpec(
+                    architecture=plan.architecture.name,
+                    x=plan.x,
+                    y=plan.y,
+                    x_val=plan.x_val,
+                    y_val=plan.y_val,
+                    input_name=plan.input_name,
+                    output_name=plan.output_name,
+                    task=plan.architecture.task,
+                    num_classes=plan.num_classes,
+                    epochs=plan.epochs,
+                    batch_size=plan.batch_size,
+                    learning_rate=plan.learning_rate,
+                    optimizer=plan.optimizer,
+                    seed=plan.seed,
+                    device=plan.device,
+                    on_epoch=_EpochReporter(self, job, run_log, metric),
+                )
+                version, metrics = train_version(
+                    self.repository,
+                    self.backend,
+                    plan.model_name,
+                    spec,
+                    plan.dataset,
+                    hyperparameters=plan.hyperparameters,
+                    test=test,
+                )
             path = self.repository.path(plan.model_name, version)
             self.models.load(plan.model_name)  # served from now on
             job.result = JobResult(plan.model_name, version, str(path), metrics)
@@ -289,8 +308,6 @@ class JobManager:
             logger.exception("job %s failed", job.id)
             job.error = f"internal error ({type(exc).__name__}); the service log has details"
             self._emit(job, JobEvent("failed", JobState.FAILED, error=job.error), JobState.FAILED)
-        finally:
-            run_log.close()
 
 
 class _EpochReporter:

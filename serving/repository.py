@@ -114,6 +114,7 @@ class ModelRepository:
         """Yields (version, temporary directory); on clean exit the directory becomes
         `<model>/<version>` atomically, on error it is removed."""
         directory = self.root / check_model_name(model)
+        created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         # Past every numbered directory, complete or not: renaming onto a half-written
         # version directory would fail after the work is done.
@@ -131,6 +132,10 @@ class ModelRepository:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            # A new model whose first version failed leaves nothing behind (an empty
+            # directory would show up as a model that cannot load).
+            if created and not any(directory.iterdir()):
+                directory.rmdir()
 
     @staticmethod
     def write_meta(directory: Path, meta: VersionMeta) -> None:

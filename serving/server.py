@@ -84,6 +84,9 @@ class Service:
         """Stops taking new calls, lets in-flight ones finish within `grace` seconds."""
         self.servicer.ready = False
         await self.health.enter_graceful_shutdown()
+        # Jobs first: their Train streams then end with a "cancelled" event within the grace
+        # period instead of being cut off.
+        self.jobs.cancel_all()
         await self.server.stop(grace)
         # Running training jobs are cancelled (they stop within an epoch, leaving no version).
         # Waiting for the worker threads blocks: never on the event loop.

@@ -86,7 +86,7 @@ def _progress(progress: Progress) -> tpb.EpochProgress:
     return message
 
 
-def job_to_pb(job: Job) -> tpb.Job:
+def job_to_pb(job: Job, *, history: bool = True) -> tpb.Job:
     with job.lock:
         plan = job.plan
         message = tpb.Job(
@@ -100,7 +100,7 @@ def job_to_pb(job: Job) -> tpb.Job:
             error=job.error,
             epoch=job.history[-1].epoch if job.history else 0,
             epochs=plan.epochs,
-            history=[_progress(p) for p in job.history],
+            history=[_progress(p) for p in job.history] if history else [],
             hyperparameters=tpb.HyperParameters(
                 epochs=plan.epochs,
                 batch_size=plan.batch_size,
@@ -132,7 +132,14 @@ def _result(job: Job) -> tpb.JobResult:
 def _event(job: Job, event: JobEvent) -> tpb.TrainEvent:
     message = tpb.TrainEvent(job_id=job.id, state=_STATES[event.state])
     if event.kind == "started":
-        message.started.CopyFrom(job_to_pb(job))
+        # The job as it was when it started, also when the event is replayed later.
+        started = job_to_pb(job, history=False)
+        started.state = tpb.JOB_STATE_RUNNING
+        started.epoch = 0
+        started.error = ""
+        started.finished_unix = 0
+        started.ClearField("result")
+        message.started.CopyFrom(started)
     elif event.progress is not None:
         message.progress.CopyFrom(_progress(event.progress))
     elif event.result is not None:
@@ -176,7 +183,8 @@ class TrainingServicer(tpb_grpc.TrainingServiceServicer):
         if request.framework and request.framework != self.framework:
             return tpb.ListJobsResponse()
         return tpb.ListJobsResponse(
-            jobs=[job_to_pb(job) for job in self.jobs.list(request.model_name)]
+            # Summaries: a job's per-epoch history can be long; GetJob returns it.
+            jobs=[job_to_pb(job, history=False) for job in self.jobs.list(request.model_name)]
         )
 
     async def CancelJob(self, request: tpb.JobRequest, context: Context) -> tpb.Job:

@@ -22,8 +22,8 @@ from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.repository import ModelRepository
 from serving.seed import seed_repository
-from serving.trainer import train_version
 from serving.server import Service
+from serving.trainer import train_version
 
 from .oip import (
     HOUSE_PRICE_INPUT,

@@ -17,8 +17,8 @@ from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.repository import ModelRepository
-from serving.trainer import train_version
 from serving.server import SERVICE_NAME, Service
+from serving.trainer import train_version
 
 from .oip import (
     HOUSE_PRICE_INPUT,

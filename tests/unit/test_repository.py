@@ -84,8 +84,9 @@ def test_version_without_metadata_is_refused(repo: ModelRepository) -> None:
         ),
     ):
         (staging / "weights.txt").write_text("w")
-    assert _leftovers(repo.root / "m") == []
-    assert repo.versions("m") == []
+    # The model was new: nothing of it is left, not even an empty directory.
+    assert not (repo.root / "m").exists()
+    assert repo.models() == []
 
 
 def test_half_written_directories_are_ignored(repo: ModelRepository) -> None:

@@ -25,6 +25,9 @@ class ServiceSettings(BaseSettings):
     latest_versions: int = Field(default=1, ge=1)
     inference_threads: int = Field(default=2, ge=1)
     device: str = "cpu"
+    # Threads the framework uses inside one operation (TensorFlow intra-op pool, torch
+    # set_num_threads); 0 keeps the framework's default (one per core).
+    framework_threads: int = Field(default=0, ge=0)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period_s: float = Field(default=10.0, ge=0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 __all__ = ["TAGS", "RunLog", "read_scalars"]
 
@@ -40,16 +41,25 @@ class RunLog:
 def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     """Reads the scalars of every event file under `directory` back: tag -> [(step, value)].
 
-    Event files are TFRecords: an 8-byte little-endian length, its 4-byte CRC, the payload
-    (an `Event` protobuf), the payload's 4-byte CRC."""
+    Event files are TFRecords: an 8-byte little-endian length, its masked CRC-32C, the payload
+    (an `Event` protobuf), the payload's CRC. A damaged record raises ValueError."""
     scalars: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(directory.rglob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset + 12 <= len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            if offset + 12 > len(data):
+                raise ValueError(f"{path}: truncated record header at byte {offset}")
+            header = data[offset : offset + 8]
+            (length,) = struct.unpack("<Q", header)
+            (header_crc,) = struct.unpack_from("<I", data, offset + 8)
             payload = data[offset + 12 : offset + 12 + length]
-            offset += 12 + length + 4
+            end = offset + 12 + length
+            if header_crc != masked_crc32c(header) or end + 4 > len(data):
+                raise ValueError(f"{path}: damaged record at byte {offset}")
+            (payload_crc,) = struct.unpack_from("<I", data, end)
+            if payload_crc != masked_crc32c(payload):
+                raise ValueError(f"{path}: damaged record payload at byte {offset}")
+            offset = end + 4
             event = event_pb2.Event.FromString(payload)
             for value in event.summary.value:
                 scalars.setdefault(value.tag, []).append((event.step, value.simple_value))

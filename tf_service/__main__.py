@@ -5,7 +5,10 @@ from tf_service.backend import TFBackend
 
 
 def main() -> None:
-    run(lambda settings: TFBackend(), prog="python -m tf_service")
+    run(
+        lambda settings: TFBackend(intra_op_threads=settings.framework_threads),
+        prog="python -m tf_service",
+    )
 
 
 if __name__ == "__main__":

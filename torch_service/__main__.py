@@ -5,7 +5,10 @@ from torch_service.backend import TorchBackend
 
 
 def main() -> None:
-    run(lambda settings: TorchBackend(device=settings.device), prog="python -m torch_service")
+    run(
+        lambda settings: TorchBackend(device=settings.device, threads=settings.framework_threads),
+        prog="python -m torch_service",
+    )
 
 
 if __name__ == "__main__":

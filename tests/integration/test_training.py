@@ -5,8 +5,6 @@ once; bad orders are refused before anything is written."""
 from __future__ import annotations
 
 import re
-import struct
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -16,8 +14,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from tensorboardX.proto.event_pb2 import Event
-from tensorboardX.record_writer import masked_crc32c
 
 from serving.architectures import ARCHITECTURES
 from serving.fake import AffineBackend
@@ -27,6 +23,7 @@ from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.server import Service
+from serving.tensorboard import read_scalars
 
 from .oip import eventually, rpc_error
 from .training import inline, kinds, line, predict, train_request, version_dirs
@@ -249,7 +246,8 @@ def test_unknown_job_is_not_found(fast: Setup, job_id: str) -> None:
 def test_tensorboard_scalars(fast: Setup) -> None:
     events = fast.train(train_request("board", line(2, 0), epochs=4))
     job = fast.job(events[0].job_id)
-    scalars = _read_scalars(Path(job.tensorboard_dir))
+    assert list(Path(job.tensorboard_dir).glob("events.out.tfevents.*"))
+    scalars = read_scalars(Path(job.tensorboard_dir))
     assert set(scalars) == TAGS
     for tag in TAGS:
         assert [step for step, _ in scalars[tag]] == [1, 2, 3, 4], tag
@@ -262,30 +260,6 @@ def test_tensorboard_scalars(fast: Setup) -> None:
     assert [v for _, v in scalars["throughput/samples_per_second"]] == OK(
         [p.samples_per_second for p in history], rel=1e-6
     )
-
-
-def _read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of every TFRecord event file in `directory`: (step, value) by tag. A record
-    is an 8-byte little-endian length, its masked CRC-32C, the payload, the payload's CRC."""
-    files = sorted(directory.glob("events.out.tfevents.*"))
-    assert files, f"no event file in {directory}"
-    scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for path in files:
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            header = data[offset : offset + 8]
-            (length,) = struct.unpack("<Q", header)
-            (header_crc,) = struct.unpack_from("<I", data, offset + 8)
-            assert header_crc == masked_crc32c(header)
-            payload = data[offset + 12 : offset + 12 + length]
-            (payload_crc,) = struct.unpack_from("<I", data, offset + 12 + length)
-            assert payload_crc == masked_crc32c(payload)
-            offset += 12 + length + 4
-            event = Event.FromString(payload)
-            for value in event.summary.value:
-                scalars[value.tag].append((event.step, value.simple_value))
-        assert offset == len(data)
-    return scalars
 
 
 # ---- jobs that end early ----

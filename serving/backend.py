@@ -76,12 +76,21 @@ class TrainResult:
 
 class Backend(Protocol):
     framework: str  # "tensorflow" or "pytorch": the value of the `framework` parameter
-    platform: str  # the protocol's platform name reported in model metadata
+    # Runtime name -> the protocol's platform name (model metadata), "native" first; e.g.
+    # {"native": "tensorflow_savedmodel", "tflite": "tensorflow_lite", "onnx": "onnxruntime_onnx"}.
+    runtimes: Mapping[str, str]
 
-    def load(self, version_dir: Path, architecture: str) -> Model:
-        """Loads the files `train` wrote into `version_dir`."""
+    def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
+        """Loads the files `train` (runtime "native") or `export` wrote into `version_dir`.
+        Never called for "onnx": the core runs ONNX files itself (`serving.onnx_model`)."""
         ...
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
-        """Trains `spec` and writes the model's files into the (empty) `version_dir`."""
+        """Trains `spec` and writes the model's native files into the (empty) `version_dir`."""
+        ...
+
+    def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
+        """Writes `runtime`'s files (for "onnx": `model.onnx`, with the signature's single
+        input and output, batch dimension dynamic) into `version_dir`, from the native model
+        stored there. The core checks the export against the native model afterwards."""
         ...

@@ -14,7 +14,10 @@ from serving.manager import LoadedVersion, ModelManager
 from serving.statistics import StatisticsBook
 from serving.types import InferRequest, InferResponse, InputTensor, Signature
 
-__all__ = ["DataPlane"]
+__all__ = ["RUNTIME_PARAM", "DataPlane"]
+
+# The request parameter that picks a runtime, echoed in the response (as `framework` is).
+RUNTIME_PARAM = "runtime"
 
 
 def _describe(signature: Signature) -> str:
@@ -84,20 +87,27 @@ class DataPlane:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter_ns()
-        loaded = self.manager.get(request.model_name, request.model_version)
-        try:
-            arrays = validate_inputs(loaded.name, loaded.meta.signature, request.inputs)
-            names, binary = _select_outputs(loaded, request)
-            loop = asyncio.get_running_loop()
-            compute_start = time.perf_counter_ns()
-            outputs = await loop.run_in_executor(self._executor, loaded.model.predict, arrays)
-            compute_ns = time.perf_counter_ns() - compute_start
-            missing = [n for n in names if n not in outputs]
-            if missing:
-                raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
-        except BaseException:
-            self.stats.record_failure(loaded.name, loaded.version, time.perf_counter_ns() - started)
-            raise
+        asked = request.parameters.get(RUNTIME_PARAM)
+        if asked is not None and not isinstance(asked, str):
+            raise InvalidInput(f"parameter '{RUNTIME_PARAM}' must be a string")
+        # The version stays open until this request is done, even if a swap retires it.
+        with self.manager.use(request.model_name, request.model_version) as loaded:
+            try:
+                runtime, model = loaded.runtime(asked)
+                arrays = validate_inputs(loaded.name, loaded.meta.signature, request.inputs)
+                names, binary = _select_outputs(loaded, request)
+                loop = asyncio.get_running_loop()
+                compute_start = time.perf_counter_ns()
+                outputs = await loop.run_in_executor(self._executor, model.predict, arrays)
+                compute_ns = time.perf_counter_ns() - compute_start
+                missing = [n for n in names if n not in outputs]
+                if missing:
+                    raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
+            except BaseException:
+                self.stats.record_failure(
+                    loaded.name, loaded.version, time.perf_counter_ns() - started
+                )
+                raise
         batch = next(iter(arrays.values())).shape[0] if arrays else 1
         self.stats.record_success(
             loaded.name, loaded.version, batch, time.perf_counter_ns() - started, compute_ns
@@ -110,7 +120,7 @@ class DataPlane:
             outputs={name: outputs[name] for name in names},
             datatypes={name: datatypes[name] for name in names},
             binary=binary,
-            parameters={"framework": self.framework},
+            parameters={"framework": self.framework, RUNTIME_PARAM: runtime},
         )
 
     def close(self) -> None:

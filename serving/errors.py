@@ -10,6 +10,7 @@
     ├── ResourceExhausted (RESOURCE_EXHAUSTED)
     ├── Unsupported (UNIMPLEMENTED)
     ├── RepositoryError (FAILED_PRECONDITION)
+    ├── RuntimeUnavailable (FAILED_PRECONDITION): a runtime this version does not offer
     └── UpstreamError (the upstream's own code)
 
 The mapping to a gRPC status happens in one place, `serving.interceptor`. The message of a
@@ -29,6 +30,7 @@ __all__ = [
     "NotFound",
     "RepositoryError",
     "ResourceExhausted",
+    "RuntimeUnavailable",
     "ServingError",
     "Unsupported",
     "UpstreamError",
@@ -79,6 +81,10 @@ class Unsupported(ServingError):
 
 
 class RepositoryError(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class RuntimeUnavailable(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 

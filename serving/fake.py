@@ -1,7 +1,8 @@
 """A NumPy backend for testing the core without TensorFlow or PyTorch (as httpx ships
 `MockTransport`). `linear` and `mlp` are both fitted as y = x W + b by least squares; the
 epochs only report progress (optionally slowly, for cancel tests), and a learning rate above
-1000 "diverges" (reports a NaN loss), as gradient descent would."""
+1000 "diverges" (reports a NaN loss), as gradient descent would. Its one export is ONNX,
+built with onnx.helper, so the core's ONNX runtime is tested for real."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from serving.architectures import get, signature_for
 from serving.backend import Model, TrainResult, TrainSpec
-from serving.errors import InvalidInput, RepositoryError
+from serving.errors import InvalidInput, ModelNotReady, RepositoryError
 
 __all__ = ["AffineBackend"]
 
@@ -23,26 +26,26 @@ _FILE = "affine.json"
 
 
 class _AffineModel:
-    def __init__(
-        self,
-        weights: np.ndarray,
-        bias: float,
-        input_name: str,
-        output_name: str,
-        gate: threading.Event | None,
-    ) -> None:
-        self.weights, self.bias = weights, bias
-        self.input_name, self.output_name = input_name, output_name
-        self.gate = gate
+    def __init__(self, raw: dict[str, Any], owner: AffineBackend) -> None:
+        self.weights: np.ndarray = raw["weights"]
+        self.bias: float = raw["bias"]
+        self.input_name: str = raw["input"]
+        self.output_name: str = raw["output"]
+        self.owner = owner
+        self.is_closed = False
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.gate is not None:
-            self.gate.wait()  # lets tests hold a call in flight
+        if self.owner.gate is not None:
+            self.owner.gate.wait()  # lets tests hold a call in flight
+        if self.is_closed:
+            raise ModelNotReady("model has been unloaded")
         x = inputs[self.input_name].astype(np.float64).reshape(len(inputs[self.input_name]), -1)
         return {self.output_name: (x @ self.weights + self.bias).astype(np.float32)}
 
     def close(self) -> None:
-        pass
+        if not self.is_closed:
+            self.is_closed = True
+            self.owner.closed += 1
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -52,7 +55,7 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class AffineBackend:
-    platform = "numpy_affine"
+    runtimes: Mapping[str, str] = {"native": "numpy_affine", "onnx": "onnxruntime_onnx"}
 
     def __init__(
         self,
@@ -60,11 +63,15 @@ class AffineBackend:
         framework: str = "fake",
         gate: threading.Event | None = None,
         epoch_delay: float = 0.0,
+        export_skew: float = 0.0,
     ) -> None:
-        # `framework` lets one test stand up fake "tensorflow" and "pytorch" services.
+        # `framework` lets one test stand up fake "tensorflow" and "pytorch" services;
+        # `export_skew` shifts the ONNX export's bias, to test exports that disagree.
         self.framework = framework
         self.gate = gate
         self.epoch_delay = epoch_delay
+        self.export_skew = export_skew
+        self.closed = 0  # models closed so far: tests check that old versions are released
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         if spec.architecture not in ("linear", "mlp"):
@@ -83,26 +90,49 @@ class AffineBackend:
                 metrics |= {"val_loss": loss, "val_metric": rmse}
             if spec.on_epoch is not None:
                 spec.on_epoch(epoch, metrics)
-        (version_dir / _FILE).write_text(
-            json.dumps(
-                {
-                    "weights": weights.reshape(-1).tolist(),
-                    "bias": bias,
-                    "input": spec.input_name,
-                    "output": spec.output_name,
-                }
-            )
-        )
+        stored = {
+            "weights": weights.reshape(-1).tolist(),
+            "bias": bias,
+            "input": spec.input_name,
+            "output": spec.output_name,
+        }
+        (version_dir / _FILE).write_text(json.dumps(stored))
         signature = signature_for(
             get(spec.architecture), spec.x, spec.input_name, spec.output_name, spec.num_classes
         )
-        metrics_out = {"weight": float(weights.reshape(-1)[0]), "bias": bias}
-        return TrainResult(signature, metrics_out)
+        return TrainResult(signature, {"loss": metrics["loss"]})
 
-    def load(self, version_dir: Path, architecture: str) -> Model:
+    def _read(self, version_dir: Path) -> dict[str, Any]:
         try:
-            raw = json.loads((version_dir / _FILE).read_text())
-            weights = np.asarray(raw["weights"], dtype=np.float64).reshape(-1, 1)
-            return _AffineModel(weights, float(raw["bias"]), raw["input"], raw["output"], self.gate)
-        except (OSError, ValueError, KeyError) as exc:
+            raw: dict[str, Any] = json.loads((version_dir / _FILE).read_text())
+            raw["weights"] = np.asarray(raw["weights"], dtype=np.float64).reshape(-1, 1)
+            raw["bias"] = float(raw["bias"])
+            str(raw["input"]), str(raw["output"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RepositoryError(f"cannot load {version_dir}: {exc}") from exc
+        return raw
+
+    def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
+        if runtime != "native":
+            raise InvalidInput(f"the fake backend loads only its native runtime, not {runtime}")
+        return _AffineModel(self._read(version_dir), self)
+
+    def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
+        if runtime != "onnx":
+            raise InvalidInput(f"the fake backend exports only onnx, not {runtime}")
+        raw = self._read(version_dir)
+        weights = raw["weights"].astype(np.float32)
+        bias = np.array([raw["bias"] + self.export_skew], dtype=np.float32)
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w"], ["xw"]),
+                helper.make_node("Add", ["xw", "b"], ["y"]),
+            ],
+            "affine",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(weights)])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+            initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8  # readable by every onnxruntime release this project accepts
+        (version_dir / "model.onnx").write_bytes(model.SerializeToString())

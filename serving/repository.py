@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import InvalidInput, ModelNotFound, RepositoryError, VersionNotFound
+from serving.model_config import CONFIG_FILE, ModelConfig
 from serving.types import Signature, TensorSpec
 
 __all__ = ["META_FILE", "ModelRepository", "VersionMeta"]
@@ -43,6 +44,18 @@ class VersionMeta:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     created: str = ""
+    # Runtime -> {"status": "ok" | "refused", "platform", "max_abs_diff", "reason"}: which
+    # exports exist and how closely they matched the native model when they were made.
+    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def usable_runtimes(self) -> list[str]:
+        """ "native" first, then every export that passed its parity check."""
+        exported = [
+            name
+            for name, info in self.runtimes.items()
+            if name != "native" and info.get("status") == "ok"
+        ]
+        return ["native", *sorted(exported)]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -99,6 +112,10 @@ class ModelRepository:
 
     def path(self, model: str, version: int) -> Path:
         return self.root / check_model_name(model) / str(version)
+
+    def read_config(self, model: str) -> ModelConfig:
+        """The model's `config.json` (version policy, default runtime), or the defaults."""
+        return ModelConfig.read(self.root / check_model_name(model) / CONFIG_FILE)
 
     def read_meta(self, model: str, version: int) -> VersionMeta:
         meta_path = self.path(model, version) / META_FILE

@@ -4,6 +4,7 @@ graceful drain on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -73,9 +74,13 @@ class Service:
     manager: ModelManager
     dataplane: DataPlane
     jobs: JobManager
+    poll_s: float = 0.0
+    _poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
+        if self.poll_s > 0:
+            self._poller = asyncio.create_task(self.manager.poll(self.poll_s))
         self.servicer.ready = True
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -87,6 +92,10 @@ class Service:
         # Jobs first: their Train streams then end with a "cancelled" event within the grace
         # period instead of being cut off.
         self.jobs.cancel_all()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         await self.server.stop(grace)
         # Running training jobs are cancelled (they stop within an epoch, leaving no version).
         # Waiting for the worker threads blocks: never on the event loop.
@@ -98,7 +107,12 @@ class Service:
 async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     """Loads the repository's models and binds a server (not yet started)."""
     repository = ModelRepository(settings.model_repository)
-    manager = ModelManager(repository, backend, latest=settings.latest_versions)
+    manager = ModelManager(
+        repository,
+        backend,
+        latest=settings.latest_versions,
+        runtime_threads=settings.framework_threads,
+    )
     await asyncio.to_thread(manager.load_all)
     dataplane = DataPlane(manager, threads=settings.inference_threads, framework=backend.framework)
     servicer = InferenceServicer(
@@ -119,7 +133,16 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         settings.port,
         settings.max_message_bytes,
     )
-    return Service(server, port, servicer, health_servicer, manager, dataplane, jobs)
+    return Service(
+        server,
+        port,
+        servicer,
+        health_servicer,
+        manager,
+        dataplane,
+        jobs,
+        settings.repository_poll_s,
+    )
 
 
 def build_server(

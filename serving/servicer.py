@@ -15,6 +15,7 @@ from serving.dataplane import DataPlane
 from serving.errors import Unsupported
 from serving.interceptor import stream_infer
 from serving.manager import ModelManager
+from serving.model_config import VersionPolicy
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.translate import request_from_pb, response_to_pb
@@ -95,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else [str(v) for v in self.manager.loaded_versions(request.name)]
         )
         response = pb.ModelMetadataResponse(
-            name=loaded.name, versions=versions, platform=loaded.meta.platform
+            name=loaded.name, versions=versions, platform=loaded.platform()
         )
         _fill_tensors(response, loaded.meta.signature)
         return response
@@ -123,12 +124,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         meta = loaded.meta
         config = pb.ModelConfig(
             name=loaded.name,
-            platform=meta.platform,
+            platform=loaded.platform(),
+            runtime=loaded.default_runtime,
             backend=meta.framework,
             max_batch_size=0,  # dims below include the batch dimension (-1)
-            version_policy=pb.ModelVersionPolicy(
-                latest=pb.ModelVersionPolicy.Latest(num_versions=self.manager.latest)
-            ),
+            version_policy=_policy_pb(self.manager.policy(loaded.name)),
         )
         for spec in meta.signature.inputs:
             config.input.add(
@@ -140,6 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
         config.parameters["architecture"].string_value = meta.architecture
         config.parameters["framework"].string_value = meta.framework
+        config.parameters["runtimes"].string_value = ",".join(loaded.models)
         return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(
@@ -198,6 +199,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # Closing a framework model can block (it frees memory), so off the event loop.
         await asyncio.to_thread(self.manager.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _policy_pb(policy: VersionPolicy) -> pb.ModelVersionPolicy:
+    if policy.kind == "all":
+        return pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All())
+    if policy.kind == "specific":
+        return pb.ModelVersionPolicy(
+            specific=pb.ModelVersionPolicy.Specific(versions=policy.versions)
+        )
+    return pb.ModelVersionPolicy(
+        latest=pb.ModelVersionPolicy.Latest(num_versions=policy.num_versions)
+    )
 
 
 def _fill_tensors(response: pb.ModelMetadataResponse, signature: Signature) -> None:

@@ -23,6 +23,9 @@ class ServiceSettings(BaseSettings):
     model_repository: Path = Path("models")
     # Versions of each model to load at start: the newest N.
     latest_versions: int = Field(default=1, ge=1)
+    # Seconds between scans of the repository for new or removed models and versions
+    # (a version copied in by hand is picked up); 0 turns polling off.
+    repository_poll_s: float = Field(default=5.0, ge=0)
     inference_threads: int = Field(default=2, ge=1)
     device: str = "cpu"
     # Threads the framework uses inside one operation (TensorFlow intra-op pool, torch

@@ -4,11 +4,13 @@ metadata, commit atomically. Used by training jobs and by seeding."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from serving.backend import Backend, Model, TrainSpec
 from serving.repository import ModelRepository, VersionMeta
+from serving.runtimes import export_runtimes
 
 __all__ = ["evaluate", "train_version"]
 
@@ -63,12 +65,17 @@ def train_version(
             trained.close()
         meta = VersionMeta(
             framework=backend.framework,
-            platform=backend.platform,
+            platform=backend.runtimes["native"],
             architecture=spec.architecture,
             signature=result.signature,
             metrics=metrics,
             hyperparameters=dict(hyperparameters or {}),
             dataset=dataset,
         )
+        # Held-out inputs check the exports: the test split, else validation, else training.
+        probe = next(
+            x for x in (test[0] if test else None, spec.x_val, spec.x) if x is not None and len(x)
+        )[:256]
+        meta = replace(meta, runtimes=export_runtimes(backend, staging, meta, probe))
         repository.write_meta(staging, meta)
     return version, metrics

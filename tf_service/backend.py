@@ -1,4 +1,5 @@
-"""TFBackend: trains Keras models, saves them as SavedModels and serves their signatures.
+"""TFBackend: trains Keras models, saves them as SavedModels and serves their signatures,
+natively or exported to TFLite (and to ONNX, which the core runs).
 
 Requests go through the SavedModel's `serving_default` concrete function, never
 `keras.Model.predict`: predict builds a dataset and an iterator on every call (tens of
@@ -12,8 +13,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import keras
@@ -23,7 +25,10 @@ import tensorflow as tf
 from serving.architectures import get, signature_for
 from serving.backend import Model, TrainResult, TrainSpec
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
+from serving.onnx_model import ONNX_FILE
+from tf_service.export import to_onnx, to_tflite
 from tf_service.models import ARCHITECTURES
+from tf_service.tflite import TFLITE_FILE, TFLiteModel
 from tf_service.training import device_for, train
 
 __all__ = ["SAVEDMODEL_DIR", "TFBackend"]
@@ -92,14 +97,25 @@ class _LoadedModel:
         self._loaded = None
 
 
+# What each runtime's export writes, and what converts the serving function to it.
+_EXPORTS: dict[str, tuple[str, Callable[[Any], bytes]]] = {
+    "tflite": (TFLITE_FILE, to_tflite),
+    "onnx": (ONNX_FILE, to_onnx),
+}
+
+
 class TFBackend:
     framework = "tensorflow"
-    platform = "tensorflow_savedmodel"
+    runtimes: Mapping[str, str] = MappingProxyType(
+        {"native": "tensorflow_savedmodel", "tflite": "tensorflow_lite", "onnx": "onnxruntime_onnx"}
+    )
 
     def __init__(self, *, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
-        """Thread counts of 0 keep TensorFlow's defaults (one per core)."""
+        """Thread counts of 0 keep TensorFlow's defaults (one per core). `intra_op_threads`
+        also sizes each TFLite interpreter's pool."""
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
+        self._tflite_threads = intra_op_threads
         try:
             if intra_op_threads:
                 tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
@@ -137,22 +153,57 @@ class TFBackend:
         )
         return TrainResult(signature=signature, metrics=metrics)
 
-    def load(self, version_dir: Path, architecture: str) -> Model:
-        # `architecture` is not needed: a SavedModel carries its own graph.
-        path = version_dir / SAVEDMODEL_DIR
-        if not (path / "saved_model.pb").is_file():
-            raise RepositoryError(f"{path} is not a TensorFlow SavedModel (no saved_model.pb)")
-        try:
-            loaded = tf.saved_model.load(str(path))
-        except Exception as exc:  # corrupt files surface as many TF and protobuf error types
-            logger.warning("cannot load %s", path, exc_info=True)
-            raise RepositoryError(
-                f"cannot load the SavedModel in {path}: {type(exc).__name__}"
-            ) from exc
-        function = loaded.signatures.get(_SERVING_KEY)
-        if function is None:
-            raise RepositoryError(f"the SavedModel in {path} has no '{_SERVING_KEY}' signature")
+    def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
+        """Loads the SavedModel ("native") or the TFLite export ("tflite"). `architecture` is
+        not needed: both formats carry their own graph."""
+        if runtime == "tflite":
+            return TFLiteModel(version_dir / TFLITE_FILE, threads=self._tflite_threads)
+        if runtime != "native":
+            raise InvalidInput(
+                f"TFBackend loads the 'native' and 'tflite' runtimes, not '{runtime}'"
+                + (" (the core runs ONNX exports itself)" if runtime == "onnx" else "")
+            )
+        loaded, function = _load_savedmodel(version_dir)
         return _LoadedModel(loaded, function)
+
+    def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
+        """Writes `model.tflite` ("tflite") or `model.onnx` ("onnx") into `version_dir`, both
+        converted from the SavedModel's frozen serving function (`tf_service.export`)."""
+        if runtime not in _EXPORTS:
+            raise InvalidInput(
+                f"TFBackend exports the runtimes {', '.join(_EXPORTS)}, not '{runtime}'"
+            )
+        filename, convert = _EXPORTS[runtime]
+        started = time.perf_counter()
+        loaded, function = _load_savedmodel(version_dir)
+        content = convert(function)
+        del loaded  # kept alive until now: `function` holds its variables weakly
+        (version_dir / filename).write_bytes(content)
+        logger.info(
+            "exported %s to %s (%d bytes) in %.2f s",
+            version_dir,
+            runtime,
+            len(content),
+            time.perf_counter() - started,
+        )
+
+
+def _load_savedmodel(version_dir: Path) -> tuple[Any, Any]:
+    """The loaded SavedModel and its serving function; keep the first while using the second."""
+    path = version_dir / SAVEDMODEL_DIR
+    if not (path / "saved_model.pb").is_file():
+        raise RepositoryError(f"{path} is not a TensorFlow SavedModel (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # corrupt files surface as many TF and protobuf error types
+        logger.warning("cannot load %s", path, exc_info=True)
+        raise RepositoryError(
+            f"cannot load the SavedModel in {path}: {type(exc).__name__}"
+        ) from exc
+    function = loaded.signatures.get(_SERVING_KEY)
+    if function is None:
+        raise RepositoryError(f"the SavedModel in {path} has no '{_SERVING_KEY}' signature")
+    return loaded, function
 
 
 def _check_spec(spec: TrainSpec) -> None:

@@ -1,10 +1,12 @@
-"""The PyTorch backend: trains the shared architectures and serves them in eager mode.
+"""The PyTorch backend: trains the shared architectures and serves them in eager mode, or as
+TorchScript; it also exports ONNX, which the core runs (`torch_service.runtimes`).
 
 A version directory holds `weights.pt` (a bare CPU state_dict) and `torch_config.json` (which
 module to build, its constructor arguments and its tensor names). Loading rebuilds the module
 from `ARCHITECTURES` and reads the weights with `weights_only=True`, so a model file can never
 run code. The served model is the module's `forward`: raw target units for regression,
 softmax probabilities for classification (training uses `forward_train`, see `models`).
+Exports are traced from that same rebuilt module, on the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,14 @@ from torch import nn
 from serving.architectures import get, signature_for
 from serving.backend import TrainResult, TrainSpec
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
+from serving.onnx_model import ONNX_FILE
 from torch_service.models import ARCHITECTURES, TrainableModule
+from torch_service.runtimes import (
+    TORCHSCRIPT_FILE,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+)
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TorchBackend", "TorchModel"]
 
@@ -33,6 +43,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "torch_config.json"
 WEIGHTS_FILE = "weights.pt"
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_LOADED = ("native", "torchscript")  # "onnx" too is offered, but the core runs it
+_EXPORTED = ("torchscript", "onnx")  # "native" is what training writes
 
 
 class TorchModel:
@@ -70,7 +82,13 @@ class TorchModel:
 
 class TorchBackend:
     framework = "pytorch"
-    platform = "pytorch_eager"
+    runtimes: Mapping[str, str] = MappingProxyType(
+        {
+            "native": "pytorch_eager",
+            "torchscript": "pytorch_torchscript",
+            "onnx": "onnxruntime_onnx",
+        }
+    )
 
     def __init__(self, *, device: str = "cpu", threads: int = 0) -> None:
         if threads < 0:
@@ -100,24 +118,42 @@ class TorchBackend:
         )
         return TrainResult(signature, metrics)
 
-    def load(self, version_dir: Path, architecture: str) -> TorchModel:
-        config = _read_config(version_dir)
-        if config["architecture"] != architecture:
-            raise RepositoryError(
-                f"{version_dir / CONFIG_FILE} holds architecture '{config['architecture']}', "
-                f"not '{architecture}'"
+    def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> TorchModel:
+        """Serves the version's weights in eager mode ("native"), or its TorchScript export."""
+        if runtime not in _LOADED:
+            raise InvalidInput(
+                f"TorchBackend loads the 'native' and 'torchscript' runtimes, not '{runtime}'"
+                + (" (the core runs ONNX exports itself)" if runtime == "onnx" else "")
             )
-        module = _build(architecture, config["kwargs"])
-        state = _read_weights(version_dir / WEIGHTS_FILE, self.device)
-        try:
-            module.load_state_dict(state)  # strict: a missing or extra tensor is an error
-        except RuntimeError as exc:
-            raise RepositoryError(
-                f"{version_dir / WEIGHTS_FILE} does not fit architecture '{architecture}'"
-            ) from exc
-        module.to(self.device).eval()
-        logger.debug("loaded %s from %s on %s", architecture, version_dir, self.device)
+        config = _read_config(version_dir)
+        if runtime == "native":
+            module: nn.Module = _restore(version_dir, architecture, config, self.device)
+        else:
+            _check_architecture(version_dir, architecture, config)
+            module = load_torchscript(version_dir / TORCHSCRIPT_FILE, self.device)
+        logger.debug(
+            "loaded %s (%s) from %s on %s", architecture, runtime, version_dir, self.device
+        )
         return TorchModel(module, config["input_name"], config["output_name"], self.device)
+
+    def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
+        """Writes `model.torchscript.pt` or `model.onnx` from the version's weights, traced
+        on CPU copies of them whatever this backend's device."""
+        if runtime not in _EXPORTED:
+            raise InvalidInput(
+                f"TorchBackend exports the runtimes {', '.join(_EXPORTED)}, not '{runtime}'"
+            )
+        config = _read_config(version_dir)
+        module = _restore(version_dir, architecture, config, torch.device("cpu"))
+        started = time.perf_counter()
+        if runtime == "torchscript":
+            export_torchscript(module, version_dir / TORCHSCRIPT_FILE)
+        else:
+            export_onnx(
+                module, version_dir / ONNX_FILE, config["input_name"], config["output_name"]
+            )
+        elapsed = time.perf_counter() - started
+        logger.info("exported %s as %s in %.2f s", version_dir, runtime, elapsed)
 
 
 def _check_device(device: str) -> torch.device:
@@ -158,6 +194,30 @@ def _build(architecture: str, kwargs: dict[str, Any]) -> TrainableModule:
         raise RepositoryError(
             f"architecture '{architecture}' does not take {sorted(kwargs)}"
         ) from exc
+
+
+def _check_architecture(version_dir: Path, architecture: str, config: dict[str, Any]) -> None:
+    if config["architecture"] != architecture:
+        raise RepositoryError(
+            f"{version_dir / CONFIG_FILE} holds architecture '{config['architecture']}', "
+            f"not '{architecture}'"
+        )
+
+
+def _restore(
+    version_dir: Path, architecture: str, config: dict[str, Any], device: torch.device
+) -> TrainableModule:
+    """The trained module, rebuilt from `config` and filled from the weights, in eval mode."""
+    _check_architecture(version_dir, architecture, config)
+    module = _build(architecture, config["kwargs"])
+    state = _read_weights(version_dir / WEIGHTS_FILE, device)
+    try:
+        module.load_state_dict(state)  # strict: a missing or extra tensor is an error
+    except RuntimeError as exc:
+        raise RepositoryError(
+            f"{version_dir / WEIGHTS_FILE} does not fit architecture '{architecture}'"
+        ) from exc
+    return module.to(device).eval()
 
 
 def _tensors(spec: TrainSpec, device: torch.device) -> tuple[torch.Tensor, ...]:

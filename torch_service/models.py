@@ -34,6 +34,11 @@ class TrainableModule(nn.Module):
         """Constructor arguments that fit training inputs of `x_shape` (batch first)."""
         raise NotImplementedError
 
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input row (the batch dimension left out): the inverse of
+        `kwargs_for`, so an exporter can build example inputs from a rebuilt module."""
+        raise NotImplementedError
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # glorot_uniform / zeros: Keras's defaults for Dense and Conv2D (the fans agree:
         # torch's [out, in, kh, kw] and Keras's [kh, kw, in, out] give the same two products).
@@ -86,6 +91,9 @@ class _Regressor(TrainableModule):
     @classmethod
     def kwargs_for(cls, x_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
         return {"features": x_shape[1]}
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.x_mean.shape[0],)
 
     @torch.no_grad()
     def fit_statistics(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -148,6 +156,7 @@ class ConvClassifier(TrainableModule):
 
     def __init__(self, height: int, width: int, channels: int, classes: int) -> None:
         super().__init__()
+        self._input_shape = (height, width, channels)
         self.body = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1),
             nn.ReLU(),
@@ -165,6 +174,9 @@ class ConvClassifier(TrainableModule):
     def kwargs_for(cls, x_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
         _, height, width, channels = x_shape
         return {"height": height, "width": width, "channels": channels, "classes": num_classes}
+
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
 
     def forward_train(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [N, classes] of NHWC images."""

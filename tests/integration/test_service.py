@@ -309,7 +309,7 @@ def test_loading_a_new_version_serves_the_latest(fresh: tuple[Path, Stub]) -> No
     code, details = rpc_error(stub.ModelInfer, price_request(1800.0, version="1"))
     assert code is grpc.StatusCode.NOT_FOUND
     assert "version 1" in details
-    assert "loaded: 2" in details
+    assert "serving: 2" in details
 
 
 # ---- bad requests: each names what is wrong, and the service goes on ----
@@ -375,7 +375,7 @@ BAD_REQUESTS = [
     pytest.param(
         lambda: price_request(1800.0, version="7"),
         NOT_FOUND,
-        ["version 7", "loaded: 1"],
+        ["version 7", "serving: 1"],
         id="unknown-version",
     ),
     pytest.param(
@@ -466,7 +466,10 @@ def test_graceful_shutdown_finishes_in_flight_calls(
     aio, seeded_repository: Callable[[], Path]
 ) -> None:
     gate = _Gate()
+    gate.set()  # open while the service loads and warms the model up
     service = aio.start_service(seeded_repository(), AffineBackend(gate=gate))
+    gate.clear()
+    gate.entered.clear()
     address = f"127.0.0.1:{service.port}"
     stopping = None
     try:

@@ -1,0 +1,68 @@
+"""A loaded model version: its runtimes, and when it may be closed.
+
+A version in use by a request is never closed under it: requests hold a reference while they
+run, and a version retired by a swap or an unload is closed when the last one lets go.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.backend import Model
+from serving.errors import InvalidInput, RuntimeUnavailable
+from serving.repository import VersionMeta
+
+__all__ = ["RUNTIMES", "LoadedVersion", "warm_up"]
+
+logger = logging.getLogger(__name__)
+
+# Every runtime name the protocol parameter `runtime` may carry, across both frameworks.
+RUNTIMES = ("native", "tflite", "torchscript", "onnx")
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    name: str
+    version: int
+    meta: VersionMeta
+    models: dict[str, Model]  # runtime -> model
+    default_runtime: str
+    # Runtime -> why it is not offered (refused export, failed load).
+    unavailable: dict[str, str] = field(default_factory=dict)
+    refs: int = 0  # guarded by the manager's lock
+    retired: bool = False
+
+    def runtime(self, asked: str | None) -> tuple[str, Model]:
+        chosen = asked or self.default_runtime
+        if chosen not in RUNTIMES:
+            raise InvalidInput(f"unknown runtime '{chosen}' (runtimes: {', '.join(RUNTIMES)})")
+        model = self.models.get(chosen)
+        if model is None:
+            why = self.unavailable.get(chosen, f"{self.meta.framework} does not offer it")
+            raise RuntimeUnavailable(
+                f"version {self.version} of model '{self.name}' has no '{chosen}' runtime "
+                f"({why}); available: {', '.join(self.models)}"
+            )
+        return chosen, model
+
+    def platform(self, runtime: str | None = None) -> str:
+        chosen = runtime or self.default_runtime
+        info = self.meta.runtimes.get(chosen, {})
+        return str(info.get("platform", self.meta.platform))
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.close()
+        logger.info("released %s version %d", self.name, self.version)
+
+
+def warm_up(loaded: LoadedVersion) -> None:
+    """One batch-1 call per runtime, so the first request does not pay for lazy setup."""
+    for runtime, model in loaded.models.items():
+        spec = loaded.meta.signature.inputs[0]
+        shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
+        model.predict({spec.name: np.zeros(shape, dtype=np.float32)})
+        logger.debug("warmed %s v%d on %s", loaded.name, loaded.version, runtime)

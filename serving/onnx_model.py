@@ -1,0 +1,66 @@
+"""ONNX Runtime as a runtime for any framework's export: framework-free, so it lives here.
+
+Backends write `model.onnx`; the core loads and runs it. Inputs and outputs are matched to
+the version's signature by position (exporters rename tensors, e.g. `size_sqft:0`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.errors import ModelNotReady, RepositoryError
+
+__all__ = ["ONNX_FILE", "OnnxModel"]
+
+ONNX_FILE = "model.onnx"
+
+
+class OnnxModel:
+    def __init__(
+        self,
+        path: Path,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        *,
+        threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only
+        try:
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise RepositoryError(f"cannot load ONNX model {path}: {exc}") from exc
+        graph_inputs = [i.name for i in self._session.get_inputs()]
+        graph_outputs = [o.name for o in self._session.get_outputs()]
+        if len(graph_inputs) != len(input_names) or len(graph_outputs) != len(output_names):
+            raise RepositoryError(
+                f"{path} has {len(graph_inputs)} inputs and {len(graph_outputs)} outputs; "
+                f"the signature declares {len(input_names)} and {len(output_names)}"
+            )
+        self._inputs = dict(zip(input_names, graph_inputs, strict=True))
+        self._outputs = dict(zip(graph_outputs, output_names, strict=True))
+        self._output_order = graph_outputs
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session  # one read: a concurrent close() cannot pull it away mid-call
+        if session is None:
+            raise ModelNotReady("model has been unloaded")
+        feed = {
+            graph: np.ascontiguousarray(inputs[name], dtype=np.float32)
+            for name, graph in self._inputs.items()
+        }
+        results = session.run(self._output_order, feed)
+        return {
+            self._outputs[name]: value
+            for name, value in zip(self._output_order, results, strict=True)
+        }
+
+    def close(self) -> None:
+        self._session = None

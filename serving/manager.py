@@ -44,6 +44,7 @@ class _Entry:
     failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
     # What the last load attempt saw on disk: polling retries only when it changes.
     seen: tuple[object, ...] = ()
+    config: ModelConfig | None = None  # the configuration the versions were loaded by
 
 
 def _reason(exc: BaseException) -> str:
@@ -188,8 +189,11 @@ class ModelManager:
         return loaded
 
     def policy(self, name: str) -> VersionPolicy:
-        """The version policy `name` is served by (its configuration's, or latest N)."""
-        return self._policy(self.repository.read_config(name))
+        """The version policy `name` is served by (the configuration it was loaded with, not
+        whatever `config.json` says now), or latest N."""
+        entry = self._entries.get(name)
+        config = entry.config if entry is not None else None
+        return self._policy(config or ModelConfig())
 
     def _policy(self, config: ModelConfig) -> VersionPolicy:
         return config.policy or VersionPolicy("latest", num_versions=self.latest)
@@ -203,18 +207,25 @@ class ModelManager:
             self._load(name)
 
     def _load(self, name: str) -> None:
-        config = self.repository.read_config(name)
-        if config.runtime not in RUNTIMES:
-            raise RepositoryError(
-                f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
-                f"configuration (runtimes: {', '.join(RUNTIMES)})"
-            )
-        on_disk = self.repository.versions(name)
-        wanted = self._policy(config).select(on_disk)
-        if not wanted:
-            raise ModelNotFound(
-                f"model '{name}' has no version its policy serves (on disk: {on_disk or 'none'})"
-            )
+        seen: tuple[object, ...] = ()
+        try:
+            config = self.repository.read_config(name)
+            on_disk = self.repository.versions(name)
+            seen = (tuple(on_disk), config)
+            if config.runtime not in RUNTIMES:
+                raise RepositoryError(
+                    f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
+                    f"configuration (runtimes: {', '.join(RUNTIMES)})"
+                )
+            wanted = self._policy(config).select(on_disk)
+            if not wanted:
+                raise ModelNotFound(
+                    f"model '{name}' has no version its policy serves "
+                    f"(on disk: {on_disk or 'none'})"
+                )
+        except ServingError as exc:
+            self._unusable(name, _reason(exc), seen)
+            raise
         current = self._entries.get(name)
         keep = current.versions if current else {}
         fresh: dict[int, LoadedVersion] = {}
@@ -231,7 +242,6 @@ class ModelManager:
             except Exception as exc:
                 logger.exception("%s version %d failed to load", name, version)
                 failed[version] = _reason(exc)
-        seen: tuple[object, ...] = (tuple(on_disk), config)
         with self._lock:
             if not fresh:
                 if current is None or not current.versions:
@@ -248,9 +258,22 @@ class ModelManager:
                     f"model '{name}' could not load: "
                     + "; ".join(f"version {v}: {why}" for v, why in failed.items())
                 )
-            self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen)
+            self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen, config)
             retired = [old for v, old in keep.items() if fresh.get(v) is not old]
         self._retire(retired)
+
+    def _unusable(self, name: str, reason: str, seen: tuple[object, ...]) -> None:
+        """Records why a model in the repository cannot load (its configuration, no version
+        to serve), so requests and the index say so and polling waits for a change. What
+        served before keeps serving. Names not in the repository get no entry."""
+        if name not in self.repository.models():
+            return
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.versions:
+                current.seen = seen
+            else:
+                self._entries[name] = _Entry(ModelState.UNAVAILABLE, {}, reason, {}, seen)
 
     def _retire(self, versions: list[LoadedVersion]) -> None:
         """Closes each version now if no request holds it, else when the last one ends."""

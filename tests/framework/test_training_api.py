@@ -3,6 +3,7 @@ gateway (separate processes): the project's quality bars, determinism, cancel, T
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,14 +92,33 @@ def _finished(events: list[tpb.TrainEvent]) -> tpb.JobResult:
     return events[-1].finished
 
 
-def _predict(stack: Stack, framework: str, model: str, sizes: list[float]) -> np.ndarray:
+RUNTIMES = {
+    "tensorflow": {
+        "native": "tensorflow_savedmodel",
+        "tflite": "tensorflow_lite",
+        "onnx": "onnxruntime_onnx",
+    },
+    "pytorch": {
+        "native": "pytorch_eager",
+        "torchscript": "pytorch_torchscript",
+        "onnx": "onnxruntime_onnx",
+    },
+}
+
+
+def _predict(
+    stack: Stack, framework: str, model: str, sizes: list[float], runtime: str = ""
+) -> np.ndarray:
     request = pb.ModelInferRequest(model_name=model)
     data = np.asarray(sizes, np.float32).reshape(-1, 1)
     request.inputs.add(name="size_sqft", datatype="FP32", shape=data.shape)
     request.raw_input_contents.append(data.tobytes())
     request.parameters["framework"].string_param = framework
+    if runtime:
+        request.parameters["runtime"].string_param = runtime
     response = stack.inference.ModelInfer(request, timeout=10)
     assert response.parameters["framework"].string_param == framework
+    assert response.parameters["runtime"].string_param == (runtime or "native")
     return np.frombuffer(response.raw_output_contents[0], np.float32)
 
 
@@ -113,7 +133,19 @@ def test_house_price_trained_over_grpc_serves_360(stack: Stack, framework: str) 
     assert result.version == 1
     assert Path(result.path, "model.json").is_file()
     assert result.metrics["weight"] == pytest.approx(0.2, abs=0.005)
-    assert _predict(stack, framework, "price", [1800.0])[0] == pytest.approx(360.0, abs=1.0)
+    # Every runtime of the framework answers the bar, through the gateway.
+    for runtime in RUNTIMES[framework]:
+        answer = _predict(stack, framework, "price", [1800.0], runtime)[0]
+        assert answer == pytest.approx(360.0, abs=1.0), runtime
+    meta = json.loads(Path(result.path, "model.json").read_text())
+    assert {name: info["platform"] for name, info in meta["runtimes"].items()} == RUNTIMES[
+        framework
+    ]
+    assert all(info["status"] == "ok" for info in meta["runtimes"].values())
+    config = stack.inference.ModelConfig(
+        pb.ModelConfigRequest(name="price"), timeout=10, metadata=(("x-framework", framework),)
+    ).config
+    assert set(config.parameters["runtimes"].string_value.split(",")) == set(RUNTIMES[framework])
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -128,6 +160,11 @@ def test_cnn_digits_accuracy(stack: Stack, framework: str) -> None:
     events = stack.train(_order(framework, "digits", "cnn", "digits"))
     result = _finished(events)
     assert result.metrics["test_accuracy"] >= 0.95
+    meta = json.loads(Path(result.path, "model.json").read_text())
+    # Every export of the CNN matched the native probabilities when it was made.
+    for runtime, info in meta["runtimes"].items():
+        assert info["status"] == "ok", (runtime, info)
+        assert info.get("max_abs_diff", 0.0) < 1e-4
     assert all(e.progress.metric == "accuracy" for e in events[1:-1])
     meta = stack.inference.ModelMetadata(
         pb.ModelMetadataRequest(name="digits"), timeout=10, metadata=(("x-framework", framework),)

@@ -24,12 +24,14 @@ from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.stack import Process, launch
 
 
-def _request(framework: str | None) -> pb.ModelInferRequest:
+def _request(framework: str | None, runtime: str = "") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="house_price")
     request.inputs.add(name="size_sqft", datatype="FP32", shape=[1, 1])
     request.raw_input_contents.append(np.array([[1800.0]], np.float32).tobytes())
     if framework:
         request.parameters["framework"].string_param = framework
+    if runtime:
+        request.parameters["runtime"].string_param = runtime
     return request
 
 
@@ -69,16 +71,20 @@ def main() -> None:
         )
         started.append(gw)
         targets = {
-            "echo floor": (echo.address, None),
-            "tensorflow direct": (tf.address, None),
-            "pytorch direct": (torch.address, None),
-            "tensorflow via gateway": (gw.address, "tensorflow"),
-            "pytorch via gateway": (gw.address, "pytorch"),
+            "echo floor": (echo.address, None, ""),
+            "tensorflow direct": (tf.address, None, ""),
+            "tensorflow tflite direct": (tf.address, None, "tflite"),
+            "tensorflow onnx direct": (tf.address, None, "onnx"),
+            "pytorch direct": (torch.address, None, ""),
+            "pytorch torchscript direct": (torch.address, None, "torchscript"),
+            "pytorch onnx direct": (torch.address, None, "onnx"),
+            "tensorflow via gateway": (gw.address, "tensorflow", ""),
+            "pytorch via gateway": (gw.address, "pytorch", ""),
         }
-        channels = {name: grpc.insecure_channel(addr) for name, (addr, _) in targets.items()}
+        channels = {name: grpc.insecure_channel(addr) for name, (addr, _, _) in targets.items()}
         calls = {
-            name: (pb_grpc.GRPCInferenceServiceStub(channels[name]).ModelInfer, _request(fw))
-            for name, (_, fw) in targets.items()
+            name: (pb_grpc.GRPCInferenceServiceStub(channels[name]).ModelInfer, _request(fw, rt))
+            for name, (_, fw, rt) in targets.items()
         }
         samples: dict[str, list[float]] = {name: [] for name in targets}
         for i in range(opts.warmup + opts.requests):

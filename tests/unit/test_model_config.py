@@ -59,9 +59,7 @@ def test_valid_configurations(tmp_path: Path, raw: object, expected: ModelConfig
         ('{"version_policy": {"specific": {"versions": 3}}}', "not a valid model configuration"),
     ],
 )
-def test_invalid_configurations_say_what_is_wrong(
-    tmp_path: Path, text: str, fragment: str
-) -> None:
+def test_invalid_configurations_say_what_is_wrong(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(RepositoryError) as info:
         _read(tmp_path, text)
     assert fragment in info.value.message

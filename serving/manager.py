@@ -72,6 +72,7 @@ class ModelManager:
         self._lock = threading.Lock()  # guards _entries and reference counts
         self._load_lock = threading.Lock()  # one load at a time
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them be
+        self._closed = False
 
     # ---- lookups (request path) ----
 
@@ -86,9 +87,10 @@ class ModelManager:
             raise ModelNotReady(f"model '{name}' is {entry.state.lower()}{detail}")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdecimal():
+        if not version.isdecimal() or version != str(int(version)):
             raise VersionNotFound(
-                f"model '{name}' has no version '{version}' (versions are positive integers)"
+                f"model '{name}' has no version '{version}' "
+                "(versions are positive integers, without leading zeros)"
             )
         loaded = entry.versions.get(int(version))
         if loaded is None:
@@ -113,7 +115,9 @@ class ModelManager:
                 loaded.refs -= 1
                 close = loaded.retired and loaded.refs == 0
             if close:
-                loaded.close()
+                # The last request out closes a retired version; closing a framework model
+                # can take a while, so not on the caller's (event loop) thread.
+                threading.Thread(target=loaded.close, name="close-version").start()
 
     def loaded_versions(self, name: str) -> list[int]:
         self.get(name)  # raises the right error for unknown or unavailable models
@@ -203,15 +207,30 @@ class ModelManager:
         they replace the old; old versions finish their requests before they are closed. If
         no wanted version loads, whatever served before keeps serving."""
         with self._load_lock:
+            if self._closed:
+                raise ModelNotReady("the service is shutting down")
             self._unloaded.discard(name)
             self._load(name)
+
+    def _fingerprint(
+        self, name: str, on_disk: list[int], config: ModelConfig
+    ) -> tuple[object, ...]:
+        """What polling compares: the versions, each version directory's modification time
+        (files renamed in or removed change it, so a fixed version is retried), the config."""
+        stamps = []
+        for version in on_disk:
+            try:
+                stamps.append((version, self.repository.path(name, version).stat().st_mtime_ns))
+            except OSError:
+                stamps.append((version, 0))
+        return (tuple(stamps), config)
 
     def _load(self, name: str) -> None:
         seen: tuple[object, ...] = ()
         try:
             config = self.repository.read_config(name)
             on_disk = self.repository.versions(name)
-            seen = (tuple(on_disk), config)
+            seen = self._fingerprint(name, on_disk, config)
             if config.runtime not in RUNTIMES:
                 raise RepositoryError(
                     f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
@@ -314,13 +333,15 @@ class ModelManager:
         """One polling pass: loads what changed on disk (new models, new versions, a new
         configuration), unloads models whose directory is gone."""
         with self._load_lock:
+            if self._closed:
+                return
             on_disk = set(self.repository.models())
             for name in sorted(on_disk - self._unloaded):
                 entry = self._entries.get(name)
                 seen: tuple[object, ...] = ()
                 try:
                     config = self.repository.read_config(name)
-                    seen = (tuple(self.repository.versions(name)), config)
+                    seen = self._fingerprint(name, self.repository.versions(name), config)
                 except ServingError:
                     pass  # _load below reports it
                 if entry is not None and entry.seen == seen:
@@ -348,6 +369,9 @@ class ModelManager:
                 logger.exception("repository poll failed")
 
     def close(self) -> None:
+        # Taking the load lock waits out a load or polling pass still running in a thread.
+        with self._load_lock:
+            self._closed = True
         with self._lock:
             entries, self._entries = self._entries, {}
         for entry in entries.values():

@@ -48,6 +48,13 @@ class ModelConfig:
             return cls()
         try:
             raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("the configuration must be a JSON object")
+            unknown = sorted(set(raw) - {"version_policy", "runtime"})
+            if unknown:
+                raise ValueError(
+                    f"unknown key(s) {', '.join(unknown)} (known: version_policy, runtime)"
+                )
             return cls(
                 policy=_policy(raw.get("version_policy")), runtime=str(raw.get("runtime", "native"))
             )

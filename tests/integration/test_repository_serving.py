@@ -682,7 +682,7 @@ def test_unknown_models_are_not_found(one_version: Stub, rpc: str) -> None:
     assert ("nope", "") not in index(one_version)
 
 
-@pytest.mark.parametrize("version", ["../1", "1/..", "-1", "0", "one"])
+@pytest.mark.parametrize("version", ["../1", "1/..", "-1", "0", "one", "01"])
 def test_bad_versions_are_not_found(one_version: Stub, version: str) -> None:
     code, details = rpc_error(ask, one_version, version)
     assert code is Code.NOT_FOUND

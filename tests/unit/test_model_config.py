@@ -57,6 +57,7 @@ def test_valid_configurations(tmp_path: Path, raw: object, expected: ModelConfig
         ('{"version_policy": {"specific": {"versions": []}}}', "positive version numbers"),
         ('{"version_policy": {"specific": {"versions": [0, 2]}}}', "positive version numbers"),
         ('{"version_policy": {"specific": {"versions": 3}}}', "not a valid model configuration"),
+        ('{"versions_policy": {"all": {}}}', "unknown key(s) versions_policy"),
     ],
 )
 def test_invalid_configurations_say_what_is_wrong(tmp_path: Path, text: str, fragment: str) -> None:

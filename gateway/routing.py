@@ -1,25 +1,50 @@
-"""Which framework serves a call: the client's choice, else the model's default."""
+"""Which framework serves a call: the client's choice, else the model's routing policy
+(default framework, weighted split, or serve-and-shadow; see `gateway.policy`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from gateway.policy import ModelPolicy
 from serving.errors import BackendUnavailable, InvalidInput
 from serving.types import ParamValue
 
-__all__ = ["FRAMEWORK_HEADER", "FRAMEWORK_PARAM", "Router"]
+__all__ = ["FRAMEWORK_HEADER", "FRAMEWORK_PARAM", "Route", "Router"]
 
 FRAMEWORK_PARAM = "framework"
 FRAMEWORK_HEADER = "x-framework"
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one inference request goes, and where it is mirrored (if anywhere)."""
+
+    framework: str
+    shadow: str | None = None
+
+
 class Router:
+    """Routes by the client's choice, else by the policies: those of the settings (a default
+    framework per model) overlaid by those of the routing file, replaceable while serving."""
+
     def __init__(
         self, available: Sequence[str], default: str, per_model: Mapping[str, str]
     ) -> None:
         self.available = tuple(available)
         self.default = default
-        self.per_model = dict(per_model)
+        self._base = {
+            model: ModelPolicy.model_validate({"framework": framework})
+            for model, framework in per_model.items()
+        }
+        self.policies: Mapping[str, ModelPolicy] = dict(self._base)
+
+    def apply(self, policies: Mapping[str, ModelPolicy]) -> None:
+        """Replaces the file's policies (the settings' stay underneath)."""
+        self.policies = {**self._base, **policies}
+
+    def policy(self, model: str) -> ModelPolicy | None:
+        return self.policies.get(model)
 
     def explicit(
         self, metadata: Mapping[str, str], parameters: Mapping[str, ParamValue] | None = None
@@ -37,7 +62,7 @@ class Router:
             )
         chosen = from_param or from_header
         if chosen is not None:
-            self._check(chosen)
+            self.check(chosen)
         return chosen
 
     def choose(
@@ -46,12 +71,36 @@ class Router:
         metadata: Mapping[str, str],
         parameters: Mapping[str, ParamValue] | None = None,
     ) -> str:
+        """The framework of a call about a model (metadata, readiness, training): the
+        client's choice, else the policy's primary framework, else the default."""
         chosen = self.explicit(metadata, parameters)
-        return (
-            chosen if chosen is not None else self._check(self.per_model.get(model, self.default))
-        )
+        if chosen is not None:
+            return chosen
+        policy = self.policies.get(model)
+        return self.check(policy.primary if policy is not None else self.default)
 
-    def _check(self, framework: str) -> str:
+    def route(
+        self,
+        model: str,
+        metadata: Mapping[str, str],
+        parameters: Mapping[str, ParamValue] | None = None,
+        request_id: str = "",
+    ) -> Route:
+        """Where an inference request goes. An explicit choice wins over split and shadow;
+        a shadow framework this gateway has no service for is left out."""
+        chosen = self.explicit(metadata, parameters)
+        if chosen is not None:
+            return Route(chosen)
+        policy = self.policies.get(model)
+        if policy is None:
+            return Route(self.check(self.default))
+        framework = self.check(policy.pick(model, request_id))
+        shadow = policy.shadow if policy.shadow in self.available else None
+        return Route(framework, shadow)
+
+    def check(self, framework: str) -> str:
+        """The framework itself if this gateway serves it; InvalidInput for an unknown name,
+        BackendUnavailable for one without a service."""
         if framework not in ("tensorflow", "pytorch"):
             raise InvalidInput(f"unknown framework '{framework}' (use 'tensorflow' or 'pytorch')")
         if framework not in self.available:

@@ -1,21 +1,35 @@
-"""Builds and runs the gateway: routed GRPCInferenceService, health that follows the
-backends, reflection, graceful drain."""
+"""Builds and runs the gateway: routed GRPCInferenceService, TrainingService and
+ComparisonService, health that follows the backends, reflection, the routing file's watcher,
+graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from gateway.compare import ComparisonServicer
+from gateway.policy import PolicyFile, describe
+from gateway.pool import RetryBudget
 from gateway.routing import Router
 from gateway.servicer import GatewayServicer
 from gateway.settings import GatewaySettings
+from gateway.shadow import Shadow
 from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
+from serving.pb.twinserve.v1 import compare_pb2 as cpb
+from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
+from serving.security import (
+    channel_credentials,
+    server_credentials,
+    token_auth,
+    transport_name,
+)
 from serving.server import (
     SERVICE_NAMES,
     build_server,
@@ -28,6 +42,8 @@ __all__ = ["Gateway", "create_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
+COMPARISON_SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ComparisonService"].full_name
+
 
 @dataclass
 class Gateway:
@@ -36,11 +52,20 @@ class Gateway:
     upstreams: list[Upstream]
     health: health.aio.HealthServicer
     interval: float
+    router: Router | None = None
+    shadow: Shadow | None = None
+    policy_file: PolicyFile | None = None
+    routing_poll_s: float = 1.0
     _watcher: asyncio.Task[None] | None = field(default=None, init=False)
+    _policy_watcher: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         await self.server.start()
         self._watcher = asyncio.create_task(watch(self.upstreams, self.interval, self._set_health))
+        if self.policy_file is not None and self.router is not None:
+            self._policy_watcher = asyncio.create_task(
+                self.policy_file.watch(self.routing_poll_s, self.router.apply)
+            )
 
     async def _set_health(self, ready: bool) -> None:
         status = (
@@ -48,18 +73,38 @@ class Gateway:
             if ready
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *SERVICE_NAMES, COMPARISON_SERVICE_NAME):
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._policy_watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.shadow is not None:
+            await self.shadow.close()
         for upstream in self.upstreams:
             await upstream.close()
+
+
+def upstream_credentials(settings: GatewaySettings) -> grpc.ChannelCredentials | None:
+    """TLS (and the bearer token) for the channels to the services; None for plaintext."""
+    token = settings.upstream_auth_token
+    if not settings.upstream_tls():
+        if token is not None:
+            raise ValueError(
+                "upstream_auth_token is sent over TLS only: set upstream_tls_ca_file too"
+            )
+        return None
+    return channel_credentials(
+        settings.upstream_tls_ca_file,
+        settings.upstream_tls_cert_file,
+        settings.upstream_tls_key_file,
+        token=None if token is None else token.get_secret_value(),
+    )
 
 
 async def create_server(settings: GatewaySettings) -> Gateway:
@@ -69,20 +114,71 @@ async def create_server(settings: GatewaySettings) -> Gateway:
             "the gateway needs at least one backend: set TWINSERVE_GATEWAY_TENSORFLOW_URL "
             "and/or TWINSERVE_GATEWAY_PYTORCH_URL"
         )
+    policy_file, policies = None, {}
+    if settings.routing_file is not None:
+        policy_file = PolicyFile(settings.routing_file)
+        # A bad file at start stops the start (PolicyError); later, the last good one stays.
+        policies = await asyncio.to_thread(policy_file.load)
+        logger.info("routing file %s: %s", settings.routing_file, describe(policies) or "empty")
+    credentials = upstream_credentials(settings)
     upstreams = {
-        framework: Upstream(framework, url, max_message_bytes=settings.max_message_bytes)
+        framework: Upstream(
+            framework,
+            url,
+            max_message_bytes=settings.max_message_bytes,
+            credentials=credentials,
+            server_name=settings.upstream_tls_server_name,
+            max_inflight=settings.max_inflight_per_replica,
+            health_interval=settings.health_interval_s,
+            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s),
+        )
         for framework, url in urls.items()
     }
+    # The first health round (and DNS lookup): the gateway starts knowing its replicas.
+    await asyncio.gather(*(u.refresh(settings.health_interval_s) for u in upstreams.values()))
     router = Router(list(upstreams), settings.default_framework, settings.model_frameworks)
-    servicer = GatewayServicer(
-        upstreams, router, timeout=settings.upstream_timeout_s, version=project_version()
+    router.apply(policies)
+    shadow = Shadow(
+        upstreams, limit=settings.shadow_max_in_flight, timeout=settings.shadow_timeout_s
     )
+    servicer = GatewayServicer(
+        upstreams,
+        router,
+        timeout=settings.upstream_timeout_s,
+        version=project_version(),
+        shadow=shadow,
+    )
+    comparison = ComparisonServicer(upstreams, router, shadow, timeout=settings.upstream_timeout_s)
     training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
     server, port, health_servicer = build_server(
-        servicer, training, settings.host, settings.port, settings.max_message_bytes
+        servicer,
+        training,
+        settings.host,
+        settings.port,
+        settings.max_message_bytes,
+        credentials=server_credentials(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        ),
+        interceptors=token_auth(
+            [token.get_secret_value() for token in settings.auth_tokens],
+            settings.auth_tokens_file,
+        ),
+        services={
+            COMPARISON_SERVICE_NAME: functools.partial(
+                cpb_grpc.add_ComparisonServiceServicer_to_server, comparison
+            )
+        },
     )
     return Gateway(
-        server, port, list(upstreams.values()), health_servicer, settings.health_interval_s
+        server,
+        port,
+        list(upstreams.values()),
+        health_servicer,
+        settings.health_interval_s,
+        router=router,
+        shadow=shadow,
+        policy_file=policy_file,
+        routing_poll_s=settings.routing_poll_s,
     )
 
 
@@ -90,10 +186,12 @@ async def serve(settings: GatewaySettings) -> None:
     gateway = await create_server(settings)
     await gateway.start()
     logger.info(
-        "gateway listening on %s:%d -> %s",
+        "gateway listening on %s:%d, %s -> %s (%s)",
         settings.host,
         gateway.port,
+        transport_name(settings.tls_cert_file, settings.tls_client_ca_file),
         ", ".join(f"{u.framework}@{u.url}" for u in gateway.upstreams),
+        "TLS" if settings.upstream_tls() else "plaintext",
     )
     if settings.port_file is not None:
         write_port_file(settings.port_file, gateway.port)

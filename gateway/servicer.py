@@ -1,15 +1,18 @@
-"""The gateway's GRPCInferenceService: picks a framework per call and forwards the message
-unchanged, with a deadline. Upstream statuses pass through (see `Upstream.call`)."""
+"""The gateway's GRPCInferenceService: picks a framework per call (`gateway.routing`) and
+forwards the message unchanged, with a deadline; mirrors inference to a shadow framework when
+the model's policy says so. Upstream statuses pass through (see `Upstream.call`)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeAlias
 
 import grpc
 
 from gateway.routing import FRAMEWORK_PARAM, Router
+from gateway.shadow import Shadow
 from gateway.upstream import Upstream
 from serving.codec import param_from_pb
 from serving.interceptor import stream_infer
@@ -30,12 +33,19 @@ def _metadata(context: Context) -> dict[str, str]:
 
 class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, upstreams: Mapping[str, Upstream], router: Router, *, timeout: float, version: str
+        self,
+        upstreams: Mapping[str, Upstream],
+        router: Router,
+        *,
+        timeout: float,
+        version: str,
+        shadow: Shadow | None = None,
     ) -> None:
         self.upstreams = dict(upstreams)
         self.router = router
         self.timeout = timeout
         self.version = version
+        self.shadow = shadow
 
     def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -52,8 +62,14 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
             for key, value in request.parameters.items()
             if key == FRAMEWORK_PARAM
         }
-        upstream = self.upstreams[self.router.choose(request.model_name, metadata, params)]
-        return await upstream.call(upstream.stub.ModelInfer, request, timeout)
+        route = self.router.route(request.model_name, metadata, params, request.id)
+        upstream = self.upstreams[route.framework]
+        started = time.perf_counter()
+        response = await upstream.call(upstream.stub.ModelInfer, request, timeout)
+        if route.shadow is not None and self.shadow is not None:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self.shadow.mirror(request, response, route.framework, route.shadow, latency_ms)
+        return response
 
     # ---- health ----
 

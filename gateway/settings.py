@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["FRAMEWORKS", "GatewaySettings"]
@@ -26,13 +26,62 @@ class GatewaySettings(BaseSettings):
     # (e.g. TWINSERVE_GATEWAY_MODEL_FRAMEWORKS='{"house_price": "pytorch"}').
     default_framework: Literal["tensorflow", "pytorch"] = "tensorflow"
     model_frameworks: dict[str, Literal["tensorflow", "pytorch"]] = {}
+    # Routing policies per model (default framework, weighted split, shadow) in a JSON file
+    # (format: gateway/policy.py), over model_frameworks; checked every routing_poll_s seconds
+    # and re-read when it changes; a bad file is logged and the last good policy stays.
+    routing_file: Path | None = None
+    routing_poll_s: float = Field(default=1.0, gt=0)
+    # Shadow calls in flight at most (more are dropped and counted), and their deadline.
+    shadow_max_in_flight: int = Field(default=16, ge=0)
+    shadow_timeout_s: float = Field(default=10.0, gt=0)
     # Upper bound on every upstream call; a client's shorter deadline wins.
     upstream_timeout_s: float = Field(default=30.0, gt=0)
+    # Seconds between health checks of every replica (grpc.health.v1) and lookups of
+    # dns:/// URLs.
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Replicas: a URL may list several host:port, comma-separated, and/or name
+    # dns:///name:port, whose addresses (a Kubernetes headless Service) are all replicas.
+    # Calls in flight to one replica at most; past that on every healthy replica, a call is
+    # refused at once with RESOURCE_EXHAUSTED rather than queued.
+    max_inflight_per_replica: int = Field(default=64, ge=1)
+    # Retries (idempotent calls, on UNAVAILABLE, to another replica) may add this fraction
+    # on top of the last 10 s of requests, plus retry_budget_min_per_s a second.
+    retry_budget_ratio: float = Field(default=0.2, ge=0)
+    retry_budget_min_per_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     grace_period_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # TLS towards clients: with a certificate and its key the port serves TLS; with a client
+    # CA as well, clients must present a certificate that CA signed.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Bearer tokens clients must send as metadata `authorization: Bearer <token>` (health and
+    # reflection stay open): TWINSERVE_GATEWAY_AUTH_TOKENS='["token-1", "token-2"]' and/or a
+    # file of one token a line. None configured: no authentication.
+    auth_tokens: list[SecretStr] = []
+    auth_tokens_file: Path | None = None
+    # TLS towards the services, on when any upstream_tls_* file is set: the CA that signed
+    # their certificates (None: the system roots), this gateway's client certificate and key
+    # for services that require one (mutual TLS), and the name their certificates carry when
+    # it differs from the host in the URL.
+    upstream_tls_ca_file: Path | None = None
+    upstream_tls_cert_file: Path | None = None
+    upstream_tls_key_file: Path | None = None
+    upstream_tls_server_name: str = ""
+    # The bearer token sent to services that require one (needs upstream TLS).
+    upstream_auth_token: SecretStr | None = None
+
+    def upstream_tls(self) -> bool:
+        return any(
+            path is not None
+            for path in (
+                self.upstream_tls_ca_file,
+                self.upstream_tls_cert_file,
+                self.upstream_tls_key_file,
+            )
+        )
 
     def urls(self) -> dict[str, str]:
         return {

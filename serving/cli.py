@@ -1,6 +1,7 @@
 """`twinserve`: predict, train and inspect jobs through the gateway (or any service).
 
 twinserve predict 1800 --framework pytorch
+twinserve compare 1800 [--target tensorflow/onnx --target pytorch]
 twinserve train --model digits --architecture cnn --dataset digits --framework tensorflow
 twinserve jobs
 twinserve job pytorch-0123abcd4567 --watch | --cancel
@@ -9,8 +10,10 @@ twinserve job pytorch-0123abcd4567 --watch | --cancel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -19,19 +22,40 @@ import numpy as np
 from serving.codec import decode_tensor
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.pb.twinserve.v1 import compare_pb2 as cpb
+from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
+from serving.security import BearerTokenClient
 
 __all__ = ["main"]
 
 _BAR = 30
 
 
+def connect(url: str, *, tls_ca: Path | None = None, token: str | None = None) -> grpc.Channel:
+    """A channel to `url`: TLS verified against `tls_ca` if given, and the bearer token on
+    every call if given."""
+    channel = (
+        grpc.secure_channel(url, grpc.ssl_channel_credentials(tls_ca.read_bytes()))
+        if tls_ca is not None
+        else grpc.insecure_channel(url)
+    )
+    return grpc.intercept_channel(channel, BearerTokenClient(token)) if token else channel
+
+
 def predict(
-    url: str, model: str, values: list[float], framework: str | None, timeout: float
+    url: str,
+    model: str,
+    values: list[float],
+    framework: str | None,
+    timeout: float,
+    *,
+    tls_ca: Path | None = None,
+    token: str | None = None,
 ) -> tuple[pb.ModelInferResponse, np.ndarray]:
     metadata = (("x-framework", framework),) if framework else None
-    with grpc.insecure_channel(url) as channel:
+    with connect(url, tls_ca=tls_ca, token=token) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         meta = stub.ModelMetadata(
             pb.ModelMetadataRequest(name=model), timeout=timeout, metadata=metadata
@@ -49,6 +73,50 @@ def predict(
         output.name, output.datatype, output.shape, response.raw_output_contents[0]
     )
     return response, result
+
+
+def compare(
+    channel: grpc.Channel, model: str, values: list[float], targets: Sequence[str], timeout: float
+) -> cpb.CompareResponse:
+    """Asks the gateway for every target's answer to one request (targets "framework" or
+    "framework/runtime"; none: every framework at its default runtime)."""
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    spec = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=timeout).inputs[0]
+    request = pb.ModelInferRequest(model_name=model)
+    data = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+    request.inputs.add(name=spec.name, datatype="FP32", shape=data.shape)
+    request.raw_input_contents.append(data.tobytes())
+    wanted = [target.partition("/") for target in targets]
+    return cpb_grpc.ComparisonServiceStub(channel).Compare(
+        cpb.CompareRequest(
+            infer_request=request.SerializeToString(),
+            targets=[cpb.Target(framework=f, runtime=r) for f, _, r in wanted],
+        ),
+        timeout=timeout,
+    )
+
+
+def print_comparison(answer: cpb.CompareResponse, values: list[float], out: TextIO) -> int:
+    """Each target's answers, then the differences; 1 if a target failed."""
+    names = [f"{r.target.framework}/{r.target.runtime or 'default'}" for r in answer.results]
+    width = max((len(name) for name in names), default=0)
+    for name, result in zip(names, answer.results, strict=True):
+        if result.status.code:
+            print(f"{name:<{width}}  {result.status.name}: {result.status.message}", file=out)
+            continue
+        head = f"{name:<{width}}  v{result.model_version}  {result.latency_ms:7.1f} ms"
+        for output in result.outputs:
+            rows = np.asarray(output.values).reshape(len(values), -1)
+            for value, row in zip(values, rows, strict=True):
+                shown = ", ".join(f"{x:.2f}" for x in row)
+                print(f"{head}  {output.name}: {value:g} -> {shown}", file=out)
+    for gap in answer.differences:
+        size = f"{gap.max_abs_diff:.4g}" if gap.HasField("max_abs_diff") else gap.note
+        print(
+            f"max abs difference {names[gap.first]} vs {names[gap.second]} ({gap.output}): {size}",
+            file=out,
+        )
+    return 1 if any(result.status.code for result in answer.results) else 0
 
 
 def _train_request(args: argparse.Namespace) -> tpb.TrainRequest:
@@ -129,6 +197,14 @@ def _jobs_table(jobs: Iterable[tpb.Job], out: TextIO) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinserve")
     parser.add_argument("--url", default="localhost:8001", help="gateway or service address")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="connect with TLS, verifying the server against this CA file"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TWINSERVE_TOKEN"),
+        help="bearer token sent as 'authorization: Bearer ...' (default: $TWINSERVE_TOKEN)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("predict", help="predict with a model")
@@ -136,6 +212,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="house_price")
     p.add_argument("--framework", choices=("tensorflow", "pytorch"))
     p.add_argument("--timeout", type=float, default=10.0)
+
+    c = commands.add_parser("compare", help="one prediction from several frameworks, compared")
+    c.add_argument("values", nargs="+", type=float, help="input values (house sizes in sq ft)")
+    c.add_argument("--model", default="house_price")
+    c.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        default=[],
+        help="framework or framework/runtime, repeatable (default: every framework)",
+    )
+    c.add_argument("--timeout", type=float, default=10.0)
 
     t = commands.add_parser("train", help="train a new model version and follow it")
     t.add_argument("--model", required=True)
@@ -172,7 +260,15 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, channel: grpc.Channel) -> int:
     training = tpb_grpc.TrainingServiceStub(channel)
     if args.command == "predict":
-        response, result = predict(args.url, args.model, args.values, args.framework, args.timeout)
+        response, result = predict(
+            args.url,
+            args.model,
+            args.values,
+            args.framework,
+            args.timeout,
+            tls_ca=args.tls_ca,
+            token=args.token,
+        )
         served_by = response.parameters["framework"].string_param or "?"
         for value, answer in zip(args.values, result.ravel(), strict=True):
             print(
@@ -180,6 +276,9 @@ def _run(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 f"{value:g} -> {answer:.2f}"
             )
         return 0
+    if args.command == "compare":
+        answer = compare(channel, args.model, args.values, args.targets, args.timeout)
+        return print_comparison(answer, args.values, sys.stdout)
     if args.command == "train":
         return follow(training.Train(_train_request(args)), sys.stdout)
     if args.command == "jobs":
@@ -199,7 +298,7 @@ def _run(args: argparse.Namespace, channel: grpc.Channel) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
-        with grpc.insecure_channel(args.url) as channel:
+        with connect(args.url, tls_ca=args.tls_ca, token=args.token) as channel:
             status = _run(args, channel)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

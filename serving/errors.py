@@ -8,6 +8,7 @@
     ├── ModelNotReady (UNAVAILABLE)
     ├── BackendUnavailable (UNAVAILABLE)
     ├── ResourceExhausted (RESOURCE_EXHAUSTED)
+    ├── Unauthenticated (UNAUTHENTICATED): a missing or wrong bearer token
     ├── Unsupported (UNIMPLEMENTED)
     ├── RepositoryError (FAILED_PRECONDITION)
     ├── RuntimeUnavailable (FAILED_PRECONDITION): a runtime this version does not offer
@@ -32,6 +33,7 @@ __all__ = [
     "ResourceExhausted",
     "RuntimeUnavailable",
     "ServingError",
+    "Unauthenticated",
     "Unsupported",
     "UpstreamError",
     "VersionNotFound",
@@ -74,6 +76,10 @@ class BackendUnavailable(ServingError):
 
 class ResourceExhausted(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class Unsupported(ServingError):

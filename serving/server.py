@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -26,6 +27,7 @@ from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.repository import ModelRepository
+from serving.security import server_credentials, token_auth, transport_name
 from serving.servicer import InferenceServicer
 from serving.settings import ServiceSettings
 from serving.training_servicer import TrainingServicer
@@ -54,12 +56,29 @@ def project_version() -> str:
         return "0.0.0"
 
 
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def grpc_options(
+    max_message_bytes: int,
+    *,
+    max_connection_age_s: float = 300.0,
+    max_connection_age_grace_s: float | None = None,
+) -> list[tuple[str, int]]:
+    """Options of a server. A connection is closed after about `max_connection_age_s`
+    (gRPC adds +-10 % jitter): its clients connect again, and a load balancer in front can
+    send them to replicas added since. Calls in flight then get `max_connection_age_grace_s`
+    to finish; None waits for them however long (a Train stream lasts as long as its job)."""
+    unlimited_ms = 2**31 - 1  # gRPC's INT_MAX: no limit
+    grace_ms = (
+        unlimited_ms
+        if max_connection_age_grace_s is None
+        else min(unlimited_ms, int(max_connection_age_grace_s * 1000))
+    )
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         # Two servers on one port by accident must fail loudly, not share traffic.
         ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", min(unlimited_ms, int(max_connection_age_s * 1000))),
+        ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
 
 
@@ -132,6 +151,13 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         settings.host,
         settings.port,
         settings.max_message_bytes,
+        credentials=server_credentials(
+            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+        ),
+        interceptors=token_auth(
+            [token.get_secret_value() for token in settings.auth_tokens],
+            settings.auth_tokens_file,
+        ),
     )
     return Service(
         server,
@@ -151,20 +177,35 @@ def build_server(
     host: str,
     port: int,
     max_message_bytes: int,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    services: Mapping[str, Callable[[grpc.aio.Server], None]] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A bound (not started) server with both services, the error interceptor, health and
-    reflection; returns it with the bound port and its health servicer."""
+    reflection; returns it with the bound port and its health servicer. The port serves TLS
+    when `credentials` are given; `interceptors` (authentication) run before the error
+    interceptor. `services` adds more: full service name -> a function that adds its
+    servicer to the server (the name is offered by reflection)."""
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()], options=grpc_options(max_message_bytes)
+        interceptors=[*interceptors, ErrorInterceptor()],
+        options=grpc_options(max_message_bytes),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     tpb_grpc.add_TrainingServiceServicer_to_server(training, server)
+    for add_to_server in (services or {}).values():
+        add_to_server(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, *(services or {}), health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     return server, bound, health_servicer
 
 
@@ -187,10 +228,11 @@ async def serve(settings: ServiceSettings, backend: Backend) -> None:
     service = await create_server(settings, backend)
     await service.start()
     logger.info(
-        "%s service listening on %s:%d (models: %s)",
+        "%s service listening on %s:%d, %s (models: %s)",
         backend.framework,
         settings.host,
         service.port,
+        transport_name(settings.tls_cert_file, settings.tls_client_ca_file),
         ", ".join(service.manager.ready_names()) or "none",
     )
     if settings.port_file is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings"]
@@ -41,3 +41,13 @@ class ServiceSettings(BaseSettings):
     max_pending_jobs: int = Field(default=8, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # TLS: with a certificate and its key the port serves TLS (else plaintext); with a client
+    # CA as well, callers must present a certificate that CA signed (mutual TLS).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Bearer tokens callers must send as metadata `authorization: Bearer <token>` (health and
+    # reflection stay open): TWINSERVE_AUTH_TOKENS='["token-1", "token-2"]' and/or a file of
+    # one token a line. None configured: no authentication.
+    auth_tokens: list[SecretStr] = []
+    auth_tokens_file: Path | None = None

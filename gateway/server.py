@@ -26,8 +26,7 @@ from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
 from serving.security import (
     channel_credentials,
-    server_credentials,
-    token_auth,
+    server_security,
     transport_name,
 )
 from serving.server import (
@@ -150,19 +149,15 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     )
     comparison = ComparisonServicer(upstreams, router, shadow, timeout=settings.upstream_timeout_s)
     training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
+    server_creds, interceptors = server_security(settings)
     server, port, health_servicer = build_server(
         servicer,
         training,
         settings.host,
         settings.port,
         settings.max_message_bytes,
-        credentials=server_credentials(
-            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-        ),
-        interceptors=token_auth(
-            [token.get_secret_value() for token in settings.auth_tokens],
-            settings.auth_tokens_file,
-        ),
+        credentials=server_creds,
+        interceptors=interceptors,
         services={
             COMPARISON_SERVICE_NAME: functools.partial(
                 cpb_grpc.add_ComparisonServiceServicer_to_server, comparison

@@ -13,11 +13,12 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
 
 from serving.errors import Unauthenticated
 
@@ -28,6 +29,7 @@ __all__ = [
     "channel_credentials",
     "load_tokens",
     "server_credentials",
+    "server_security",
     "token_auth",
     "transport_name",
 ]
@@ -116,6 +118,28 @@ def token_auth(tokens: Iterable[str], file: Path | None = None) -> list[grpc.aio
         return []
     logger.info("bearer-token authentication on (%d token(s))", len(found))
     return [BearerTokenAuth(found)]
+
+
+class ServerSecuritySettings(Protocol):
+    """The settings fields a server's TLS and token authentication come from (the services'
+    and the gateway's settings both have them)."""
+
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_client_ca_file: Path | None
+    auth_tokens: list[SecretStr]
+    auth_tokens_file: Path | None
+
+
+def server_security(
+    settings: ServerSecuritySettings,
+) -> tuple[grpc.ServerCredentials | None, list[grpc.aio.ServerInterceptor]]:
+    """(TLS credentials or None, authentication interceptors) for a server's settings."""
+    credentials = server_credentials(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    )
+    tokens = [token.get_secret_value() for token in settings.auth_tokens]
+    return credentials, token_auth(tokens, settings.auth_tokens_file)
 
 
 # ---- the server side: a grpc.aio interceptor ----

@@ -27,7 +27,7 @@ from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.repository import ModelRepository
-from serving.security import server_credentials, token_auth, transport_name
+from serving.security import server_security, transport_name
 from serving.servicer import InferenceServicer
 from serving.settings import ServiceSettings
 from serving.training_servicer import TrainingServicer
@@ -145,19 +145,15 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         tensorboard_dir=settings.tensorboard_dir,
         max_pending=settings.max_pending_jobs,
     )
+    credentials, interceptors = server_security(settings)
     server, port, health_servicer = build_server(
         servicer,
         TrainingServicer(jobs, backend.framework),
         settings.host,
         settings.port,
         settings.max_message_bytes,
-        credentials=server_credentials(
-            settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
-        ),
-        interceptors=token_auth(
-            [token.get_secret_value() for token in settings.auth_tokens],
-            settings.auth_tokens_file,
-        ),
+        credentials=credentials,
+        interceptors=interceptors,
     )
     return Service(
         server,

@@ -73,6 +73,7 @@ _FROM_NUMPY: Final[dict[np.dtype[Any], str]] = {
 }
 
 _LENGTH = struct.Struct("<I")
+_MAX_BYTES: Final = 2**63 - 1
 
 
 def numpy_to_datatype(dtype: np.dtype[Any]) -> str:
@@ -84,11 +85,17 @@ def numpy_to_datatype(dtype: np.dtype[Any]) -> str:
         raise InvalidInput(f"no protocol datatype for NumPy dtype {dtype}") from None
 
 
-def _check_shape(name: str, shape: Sequence[int]) -> int:
+def _check_shape(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
     """Validates a declared shape and returns its element count."""
     if any(dim < 0 for dim in shape):
         raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
-    return math.prod(shape)
+    count = math.prod(shape)
+    # NumPy refuses a shape whose nonzero dimensions overflow its byte count even when another
+    # dimension is 0 ([0, 2**62]): refused here, or reshape's ValueError would be INTERNAL
+    # (found by tests/integration/test_fuzz.py). A nonempty huge shape fails the length checks.
+    if count == 0 and math.prod(dim for dim in shape if dim) * dtype.itemsize > _MAX_BYTES:
+        raise InvalidInput(f"input '{name}': shape {list(shape)} is too large")
+    return count
 
 
 def _check_datatype(name: str, datatype: str) -> np.dtype[Any]:
@@ -164,7 +171,7 @@ def serialize_bytes(values: np.ndarray) -> bytes:
 
 def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
     dtype = _check_datatype(name, datatype)
-    count = _check_shape(name, shape)
+    count = _check_shape(name, shape, dtype)
     if datatype == "BYTES":
         return deserialize_bytes(name, raw, count).reshape(shape)
     expected = count * dtype.itemsize
@@ -186,7 +193,7 @@ def _decode_typed(
     name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
 ) -> np.ndarray:
     dtype = _check_datatype(name, datatype)
-    count = _check_shape(name, shape)
+    count = _check_shape(name, shape, dtype)
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(

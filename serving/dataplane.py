@@ -55,6 +55,13 @@ def validate_inputs(
                 f"input '{spec.name}' of model '{model}' has shape {list(tensor.data.shape)}, "
                 f"expected {list(spec.shape)} (-1 is any size)"
             )
+        if tensor.data.size == 0:
+            # An empty batch has nothing to infer, and backends fail on it in their own ways
+            # (an INTERNAL before this check; found by tests/integration/test_fuzz.py).
+            raise InvalidInput(
+                f"input '{spec.name}' of model '{model}' has no elements "
+                f"(shape {list(tensor.data.shape)})"
+            )
         arrays[spec.name] = tensor.data
     return arrays
 

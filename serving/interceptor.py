@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import grpc
 
-from serving.errors import ServingError
+from serving.errors import InvalidInput, ServingError
 from serving.pb import inference_pb2 as pb
 
 __all__ = ["ErrorInterceptor", "status_of", "stream_infer"]
@@ -27,6 +27,39 @@ def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, st
     return grpc.StatusCode.INTERNAL, _GENERIC
 
 
+class _Undecodable:
+    """Stands in for a request message that did not parse. grpc.aio answers a deserializer's
+    exception with UNKNOWN (found by tests/integration/test_fuzz.py); the wrapped behaviors
+    below answer INVALID_ARGUMENT instead."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _malformed() -> InvalidInput:
+    return InvalidInput("the request message could not be parsed")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNDECODABLE:
+            raise _malformed()
+        yield request
+
+
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
@@ -34,6 +67,8 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterat
 def _wrap_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if request is _UNDECODABLE:
+                raise _malformed()
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -44,11 +79,15 @@ def _wrap_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
     return wrapper
 
 
-def _wrap_stream(behavior: StreamBehavior, method: str) -> StreamBehavior:
+def _wrap_stream(behavior: StreamBehavior, method: str, *, streaming: bool) -> StreamBehavior:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
+            if streaming:
+                request = _checked(request)
+            elif request is _UNDECODABLE:
+                raise _malformed()
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:
@@ -76,21 +115,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if unary is not None and inspect.iscoroutinefunction(unary):
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(cast(UnaryBehavior, unary), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         server_streaming = handler.unary_stream
         if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(cast(StreamBehavior, server_streaming), method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(cast(StreamBehavior, server_streaming), method, streaming=False),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         stream = handler.stream_stream
         if stream is not None and inspect.isasyncgenfunction(stream):
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(cast(StreamBehavior, stream), method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(cast(StreamBehavior, stream), method, streaming=True),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
 import numpy as np
 import pytest
 
+from serving.backend import TrainSpec
 from serving.codec import param_to_pb
 from serving.datasets import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT
+from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
+from serving.repository import ModelRepository
 from serving.seed import SEED_MODEL
+from serving.trainer import train_version
 from serving.types import ParamValue
 
 __all__ = [
@@ -24,6 +29,7 @@ __all__ = [
     "price_request",
     "prices",
     "rpc_error",
+    "train_slope",
 ]
 
 
@@ -75,3 +81,23 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def train_slope(
+    repository: Path, model: str, slope: float, backend: AffineBackend | None = None
+) -> int:
+    """Stores the next version of a house-price `model` answering price = slope x size;
+    returns the version."""
+    x = np.linspace(500.0, 2750.0, 16, dtype=np.float32).reshape(-1, 1)
+    spec = TrainSpec(
+        architecture="linear",
+        x=x,
+        y=slope * x,
+        x_val=x[:0],
+        y_val=x[:0],
+        input_name=HOUSE_PRICE_INPUT,
+        output_name=HOUSE_PRICE_OUTPUT,
+    )
+    backend = backend or AffineBackend()
+    version, _ = train_version(ModelRepository(repository), backend, model, spec, f"{slope} x")
+    return version

@@ -7,32 +7,28 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.server import Gateway, create_server
 from gateway.settings import GatewaySettings
-from serving.backend import TrainSpec
 from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.repository import ModelRepository
 from serving.seed import seed_repository
 from serving.server import Service
-from serving.trainer import train_version
 
 from .oip import (
     HOUSE_PRICE_INPUT,
-    HOUSE_PRICE_OUTPUT,
     SEED_MODEL,
     eventually,
     price_request,
     prices,
     rpc_error,
+    train_slope,
 )
 
 Stub = pb_grpc.GRPCInferenceServiceStub
@@ -41,21 +37,6 @@ TF_PRICE, PT_PRICE = 360.0, 540.0
 TORCH_ONLY = "torch_only"
 PYTORCH = (("x-framework", "pytorch"),)
 TENSORFLOW = (("x-framework", "tensorflow"),)
-
-
-def _train(repository: Path, model: str, slope: float) -> None:
-    x = np.linspace(500.0, 2750.0, 16, dtype=np.float32).reshape(-1, 1)
-    spec = TrainSpec(
-        architecture="linear",
-        x=x,
-        y=slope * x,
-        x_val=x[:0],
-        y_val=x[:0],
-        input_name=HOUSE_PRICE_INPUT,
-        output_name=HOUSE_PRICE_OUTPUT,
-    )
-    backend = AffineBackend(framework="pytorch")
-    assert train_version(ModelRepository(repository), backend, model, spec, f"{slope} x")[0] == 1
 
 
 @dataclass
@@ -74,8 +55,8 @@ def _stack(aio, tmp_path_factory: pytest.TempPathFactory, **gateway: object) -> 
     tf_repository = tmp_path_factory.mktemp("tensorflow")
     pt_repository = tmp_path_factory.mktemp("pytorch")
     assert seed_repository(ModelRepository(tf_repository), AffineBackend(framework="tensorflow"))
-    _train(pt_repository, SEED_MODEL, 0.3)
-    _train(pt_repository, TORCH_ONLY, 0.5)
+    assert train_slope(pt_repository, SEED_MODEL, 0.3, AffineBackend(framework="pytorch")) == 1
+    assert train_slope(pt_repository, TORCH_ONLY, 0.5, AffineBackend(framework="pytorch")) == 1
     gate = threading.Event()
     gate.set()
     with ExitStack() as stack:

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.backend import TrainSpec
 from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.repository import ModelRepository
 from serving.server import SERVICE_NAME, Service
-from serving.trainer import train_version
 
 from .oip import (
     HOUSE_PRICE_INPUT,
@@ -28,6 +25,7 @@ from .oip import (
     price_request,
     prices,
     rpc_error,
+    train_slope,
 )
 
 Stub = pb_grpc.GRPCInferenceServiceStub
@@ -285,17 +283,7 @@ def test_load_and_unload_of_unknown_models(fresh: tuple[Path, Stub]) -> None:
 
 def test_loading_a_new_version_serves_the_latest(fresh: tuple[Path, Stub]) -> None:
     repository, stub = fresh
-    x = np.linspace(500.0, 2750.0, 16, dtype=np.float32).reshape(-1, 1)
-    spec = TrainSpec(
-        architecture="linear",
-        x=x,
-        y=0.25 * x,
-        x_val=x[:0],
-        y_val=x[:0],
-        input_name=HOUSE_PRICE_INPUT,
-        output_name=HOUSE_PRICE_OUTPUT,
-    )
-    version, _ = train_version(ModelRepository(repository), AffineBackend(), SEED_MODEL, spec, "t")
+    version = train_slope(repository, SEED_MODEL, 0.25)
     assert version == 2
     _assert_serves(stub, "1", 360.0)  # written is not loaded
 

@@ -2,21 +2,47 @@
 
 Backends write `model.onnx`; the core loads and runs it. Inputs and outputs are matched to
 the version's signature by position (exporters rename tensors, e.g. `size_sqft:0`).
+
+The device is the service's (`cpu`, `cuda`, `cuda:N`): a GPU device needs ONNX Runtime's
+CUDAExecutionProvider (the `onnxruntime-gpu` build). ONNX Runtime would quietly fall back to
+the CPU when the provider is missing or fails to initialise; that is refused instead, so a
+model said to run on a GPU does.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from serving.errors import ModelNotReady, RepositoryError
+from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
 
-__all__ = ["ONNX_FILE", "OnnxModel"]
+__all__ = ["ONNX_FILE", "OnnxModel", "onnx_providers"]
 
 ONNX_FILE = "model.onnx"
+_CUDA = "CUDAExecutionProvider"
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+def onnx_providers(device: str) -> list[Any]:
+    """ONNX Runtime's providers for `device`; BackendUnavailable (with the reason) when this
+    ONNX Runtime cannot use the GPU asked for."""
+    match = _DEVICE.fullmatch(device)
+    if match is None:
+        raise InvalidInput(f"unsupported device '{device}': use 'cpu', 'cuda' or 'cuda:N'")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if _CUDA not in available:
+        raise BackendUnavailable(
+            f"device '{device}' requested but ONNX Runtime {ort.__version__} has no "
+            f"{_CUDA} (it offers {', '.join(available)}; the GPU build is onnxruntime-gpu)"
+        )
+    return [(_CUDA, {"device_id": int(match.group(1) or 0)}), "CPUExecutionProvider"]
 
 
 class OnnxModel:
@@ -27,16 +53,23 @@ class OnnxModel:
         output_names: Sequence[str],
         *,
         threads: int = 0,
+        device: str = "cpu",
     ) -> None:
+        providers = onnx_providers(device)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(path), sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise RepositoryError(f"cannot load ONNX model {path}: {exc}") from exc
+        if device != "cpu" and self._session.get_providers()[0] != _CUDA:
+            raise BackendUnavailable(
+                f"ONNX Runtime could not start {_CUDA} on '{device}' for {path} "
+                "(it would have run on the CPU)"
+            )
         graph_inputs = [i.name for i in self._session.get_inputs()]
         graph_outputs = [o.name for o in self._session.get_outputs()]
         if len(graph_inputs) != len(input_names) or len(graph_outputs) != len(output_names):

@@ -34,8 +34,16 @@ def load_runtime(
             [spec.name for spec in meta.signature.inputs],
             [spec.name for spec in meta.signature.outputs],
             threads=threads,
+            device=_device(backend),
         )
     return backend.load(version_dir, meta.architecture, runtime)
+
+
+def _device(backend: Backend) -> str:
+    """The service's device, which ONNX runs on as the backend's own runtimes do. Backends
+    that place models expose `device` (a string, or a torch.device whose str is the same
+    spelling); the Backend protocol does not declare it yet, so one without is the CPU."""
+    return str(getattr(backend, "device", "cpu"))
 
 
 def _predict(model: Model, signature: Signature, probe: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@ from tf_service.backend import TFBackend
 
 def main() -> None:
     run(
-        lambda settings: TFBackend(intra_op_threads=settings.framework_threads),
+        lambda settings: TFBackend(
+            intra_op_threads=settings.framework_threads, device=settings.device
+        ),
         prog="python -m tf_service",
     )
 

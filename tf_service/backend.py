@@ -6,10 +6,16 @@ Requests go through the SavedModel's `serving_default` concrete function, never
 milliseconds), the concrete function is one graph execution (a fraction of a millisecond).
 The served model takes and returns raw units (regression) or returns softmax probabilities
 (classification); see `tf_service.models`.
+
+Device: the service's setting (`cpu`, `cuda`, `cuda:N`) places SavedModels (their variables at
+load, their ops at each call); a GPU TensorFlow does not see refuses to start the backend.
+TFLite runs on the CPU whatever the device (the Python interpreter has no GPU delegate); ONNX
+follows the device in the core (`serving.onnx_model`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -60,10 +66,20 @@ class _Exported(tf.Module):  # type: ignore[misc]
         self.serve = tf.function(serve, input_signature=[spec])
 
 
+def _needs_scope(device: str) -> bool:
+    """Whether ops must be pinned to `device` (from `device_for`). With no GPU visible
+    TensorFlow can only use the CPU, so the hot path saves entering a scope per call."""
+    return not device.startswith("/CPU") or bool(tf.config.list_physical_devices("GPU"))
+
+
+def _placement(device: str) -> contextlib.AbstractContextManager[Any]:
+    return tf.device(device) if _needs_scope(device) else contextlib.nullcontext()
+
+
 class _LoadedModel:
     """A loaded SavedModel version; concrete functions are safe to call from many threads."""
 
-    def __init__(self, loaded: Any, function: Any) -> None:
+    def __init__(self, loaded: Any, function: Any, device: str = "/CPU:0") -> None:
         # The concrete function holds its variables weakly; `loaded` keeps them alive.
         self._loaded: Any = loaded
         self._function: Any = function
@@ -72,6 +88,8 @@ class _LoadedModel:
         self._expected = ", ".join(
             f"{name} {spec.dtype.name} {spec.shape.as_list()}" for name, spec in kwargs.items()
         )
+        self._device = device
+        self._scoped = _needs_scope(device)
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         function = self._function  # one read: close() may run concurrently
@@ -81,12 +99,13 @@ class _LoadedModel:
         if missing:
             raise InvalidInput(f"missing model input(s): {', '.join(sorted(missing))}")
         try:
-            outputs = function(
-                **{
-                    name: tf.constant(inputs[name], dtype)
-                    for name, dtype in self._input_dtypes.items()
-                }
-            )
+            with tf.device(self._device) if self._scoped else contextlib.nullcontext():
+                outputs = function(
+                    **{
+                        name: tf.constant(inputs[name], dtype)
+                        for name, dtype in self._input_dtypes.items()
+                    }
+                )
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
             # The core validates inputs first; this is the backstop for a caller that did not.
             raise InvalidInput(f"the model expects {self._expected}") from exc
@@ -110,11 +129,16 @@ class TFBackend:
         {"native": "tensorflow_savedmodel", "tflite": "tensorflow_lite", "onnx": "onnxruntime_onnx"}
     )
 
-    def __init__(self, *, intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
+    def __init__(
+        self, *, intra_op_threads: int = 0, inter_op_threads: int = 0, device: str = "cpu"
+    ) -> None:
         """Thread counts of 0 keep TensorFlow's defaults (one per core). `intra_op_threads`
-        also sizes each TFLite interpreter's pool."""
+        also sizes each TFLite interpreter's pool. `device` is `cpu`, `cuda` or `cuda:N`
+        (BackendUnavailable if TensorFlow sees no such GPU)."""
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
+        self.device = device  # the spelling the core's ONNX runtime reads
+        self._tf_device = device_for(device)
         self._tflite_threads = intra_op_threads
         try:
             if intra_op_threads:
@@ -131,12 +155,12 @@ class TFBackend:
             )
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
-        """Trains on `spec.device` ("" is the CPU) and writes `version_dir/model.savedmodel`.
+        """Trains on `spec.device` ("" is the service's) and writes `version_dir/model.savedmodel`.
 
         Runs one training at a time per process (see `tf_service.training`). An exception
         raised by `spec.on_epoch` stops training and propagates unchanged."""
         _check_spec(spec)
-        device = device_for(spec.device)
+        device = device_for(spec.device or self.device)
         started = time.perf_counter()
         model, metrics = train(spec, device)
         metrics["train_seconds"] = round(time.perf_counter() - started, 3)
@@ -157,14 +181,17 @@ class TFBackend:
         """Loads the SavedModel ("native") or the TFLite export ("tflite"). `architecture` is
         not needed: both formats carry their own graph."""
         if runtime == "tflite":
+            if not self._tf_device.startswith("/CPU"):
+                logger.info("%s: TFLite runs on the CPU (device %s)", version_dir, self.device)
             return TFLiteModel(version_dir / TFLITE_FILE, threads=self._tflite_threads)
         if runtime != "native":
             raise InvalidInput(
                 f"TFBackend loads the 'native' and 'tflite' runtimes, not '{runtime}'"
                 + (" (the core runs ONNX exports itself)" if runtime == "onnx" else "")
             )
-        loaded, function = _load_savedmodel(version_dir)
-        return _LoadedModel(loaded, function)
+        with _placement(self._tf_device):  # variables live where the ops will run
+            loaded, function = _load_savedmodel(version_dir)
+        return _LoadedModel(loaded, function, self._tf_device)
 
     def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
         """Writes `model.tflite` ("tflite") or `model.onnx` ("onnx") into `version_dir`, both

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from serving.backend import Model
+from serving.batching import Batcher
 from serving.errors import InvalidInput, ServingError
 from serving.manager import LoadedVersion, ModelManager
 from serving.statistics import StatisticsBook
@@ -85,11 +87,29 @@ def _select_outputs(
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, *, threads: int, framework: str) -> None:
+    """Runs requests on their model version: on their own, or through the version's dynamic
+    batcher when its configuration asks for batching.
+
+    Framework calls run on a thread pool, except calls that warm-up measured under
+    `inline_max_us` with at most `inline_max_rows` rows: those run on the event loop, because
+    the hop to a thread and back (two wake-ups, ~100-200 us on a small VM) costs more than the
+    call blocks the loop."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        threads: int,
+        framework: str,
+        inline_max_us: int = 0,
+        inline_max_rows: int = 8,
+    ) -> None:
         self.manager = manager
         self.framework = framework
         self.stats = StatisticsBook()
-        # Framework calls block; they run here, never on the event loop.
+        self._threads = threads
+        self._inline_max_ns = inline_max_us * 1000
+        self._inline_max_rows = inline_max_rows
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="infer")
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -103,10 +123,20 @@ class DataPlane:
                 runtime, model = loaded.runtime(asked)
                 arrays = validate_inputs(loaded.name, loaded.meta.signature, request.inputs)
                 names, binary = _select_outputs(loaded, request)
-                loop = asyncio.get_running_loop()
-                compute_start = time.perf_counter_ns()
-                outputs = await loop.run_in_executor(self._executor, model.predict, arrays)
-                compute_ns = time.perf_counter_ns() - compute_start
+                rows = len(next(iter(arrays.values())))
+                if loaded.batching is None:
+                    queue_ns = 0
+                    compute_start = time.perf_counter_ns()
+                    outputs = await self._call(loaded, runtime, model, arrays)
+                    compute_ns = time.perf_counter_ns() - compute_start
+                    self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)
+                else:
+                    result = await self._batcher(loaded, runtime, model).submit(arrays)
+                    outputs, queue_ns, compute_ns = (
+                        result.outputs,
+                        result.queue_ns,
+                        result.compute_ns,
+                    )
                 missing = [n for n in names if n not in outputs]
                 if missing:
                     raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
@@ -115,9 +145,13 @@ class DataPlane:
                     loaded.name, loaded.version, time.perf_counter_ns() - started
                 )
                 raise
-        batch = next(iter(arrays.values())).shape[0] if arrays else 1
         self.stats.record_success(
-            loaded.name, loaded.version, batch, time.perf_counter_ns() - started, compute_ns
+            loaded.name,
+            loaded.version,
+            rows=rows,
+            total_ns=time.perf_counter_ns() - started,
+            queue_ns=queue_ns,
+            compute_ns=compute_ns,
         )
         datatypes = {s.name: s.datatype for s in loaded.meta.signature.outputs}
         return InferResponse(
@@ -129,6 +163,33 @@ class DataPlane:
             binary=binary,
             parameters={"framework": self.framework, RUNTIME_PARAM: runtime},
         )
+
+    async def _call(
+        self, loaded: LoadedVersion, runtime: str, model: Model, arrays: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        rows = len(next(iter(arrays.values())))
+        cost = loaded.call_ns.get(runtime)
+        if cost is not None and cost <= self._inline_max_ns and rows <= self._inline_max_rows:
+            return model.predict(arrays)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, model.predict, arrays)
+
+    def _batcher(self, loaded: LoadedVersion, runtime: str, model: Model) -> Batcher:
+        batcher = loaded.batchers.get(runtime)
+        if batcher is None:
+            assert loaded.batching is not None
+
+            async def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return await self._call(loaded, runtime, model, arrays)
+
+            def on_batch(rows: int, compute_ns: int) -> None:
+                self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)
+
+            # One batch in flight per inference thread: while they are all busy, the queue
+            # fills, and that is what makes batches under load.
+            batcher = Batcher(loaded.batching, run, instances=self._threads, on_batch=on_batch)
+            loaded.batchers[runtime] = batcher
+        return batcher
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -183,7 +183,9 @@ class ModelManager:
                     config.runtime,
                     unavailable.get(config.runtime, "not exported"),
                 )
-            loaded = LoadedVersion(name, version, meta, models, default, unavailable)
+            loaded = LoadedVersion(
+                name, version, meta, models, default, unavailable, batching=config.batching
+            )
             warm_up(loaded)
         except BaseException:
             for model in models.values():
@@ -251,8 +253,11 @@ class ModelManager:
         failed: dict[int, str] = {}
         for version in wanted:
             old = keep.get(version)
-            if old is not None and old.default_runtime == (
-                config.runtime if config.runtime in old.models else "native"
+            if (
+                old is not None
+                and old.batching == config.batching
+                and old.default_runtime
+                == (config.runtime if config.runtime in old.models else "native")
             ):
                 fresh[version] = old
                 continue

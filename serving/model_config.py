@@ -5,7 +5,14 @@ version policies) and which runtime answers by default.
     {"version_policy": {"all": {}}}
     {"version_policy": {"specific": {"versions": [1, 3]}}}
 
-A missing file means the service's defaults (latest N from settings, the native runtime).
+Dynamic batching, with Triton's names and meanings (`max_batch_size` > 0 turns it on):
+
+    {"max_batch_size": 32,
+     "dynamic_batching": {"max_queue_delay_microseconds": 500, "preferred_batch_size": [8, 16],
+                          "default_queue_policy": {"max_queue_size": 256}}}
+
+A missing file means the service's defaults (latest N from settings, the native runtime, no
+batching).
 """
 
 from __future__ import annotations
@@ -17,9 +24,24 @@ from typing import Any, Literal
 
 from serving.errors import RepositoryError
 
-__all__ = ["CONFIG_FILE", "ModelConfig", "VersionPolicy"]
+__all__ = ["CONFIG_FILE", "BatchingConfig", "ModelConfig", "VersionPolicy"]
 
 CONFIG_FILE = "config.json"
+_KEYS = ("version_policy", "runtime", "max_batch_size", "dynamic_batching")
+# Triton's 0 means an unbounded queue; here a queue is always bounded (a burst past it is
+# RESOURCE_EXHAUSTED, not memory growth), and this is the bound when none is configured.
+DEFAULT_MAX_QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingConfig:
+    """How a model's dynamic batcher forms batches. Sizes count rows (the first dimension of
+    each input), as in Triton; `max_queue_size` counts requests."""
+
+    max_batch_size: int
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +63,7 @@ class VersionPolicy:
 class ModelConfig:
     policy: VersionPolicy | None = None  # None: the service's default (latest N)
     runtime: str = "native"
+    batching: BatchingConfig | None = None  # None: every request runs on its own
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:
@@ -50,13 +73,13 @@ class ModelConfig:
             raw = json.loads(path.read_text())
             if not isinstance(raw, dict):
                 raise ValueError("the configuration must be a JSON object")
-            unknown = sorted(set(raw) - {"version_policy", "runtime"})
+            unknown = sorted(set(raw) - set(_KEYS))
             if unknown:
-                raise ValueError(
-                    f"unknown key(s) {', '.join(unknown)} (known: version_policy, runtime)"
-                )
+                raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
             return cls(
-                policy=_policy(raw.get("version_policy")), runtime=str(raw.get("runtime", "native"))
+                policy=_policy(raw.get("version_policy")),
+                runtime=str(raw.get("runtime", "native")),
+                batching=_batching(raw.get("max_batch_size", 0), raw.get("dynamic_batching")),
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise RepositoryError(f"{path} is not a valid model configuration: {exc}") from exc
@@ -82,3 +105,51 @@ def _policy(raw: Any) -> VersionPolicy | None:
             raise ValueError("specific.versions must list positive version numbers")
         return VersionPolicy("specific", versions=versions)
     raise ValueError(f"unknown version policy '{kind}' (use latest, all or specific)")
+
+
+def _count(raw: Any, what: str, *, minimum: int = 0) -> int:
+    # bool is an int in Python; `true` as a size is a mistake, not 1.
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
+        raise ValueError(f"{what} must be an integer of at least {minimum}, got {raw!r}")
+    return raw
+
+
+def _batching(max_batch_size: Any, raw: Any) -> BatchingConfig | None:
+    size = _count(max_batch_size, "max_batch_size")
+    if raw is None:
+        if size:
+            # Triton would then take client-formed batches up to the size; every model here
+            # takes any batch already, so the only useful meaning is the batcher's.
+            raise ValueError(
+                'max_batch_size is only used by dynamic batching: add "dynamic_batching": {}'
+            )
+        return None
+    if size == 0:
+        raise ValueError("dynamic_batching needs max_batch_size of at least 1")
+    if not isinstance(raw, dict):
+        raise ValueError("dynamic_batching must be an object")
+    known = {"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown dynamic_batching key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    preferred = raw.get("preferred_batch_size", [])
+    if not isinstance(preferred, list):
+        raise ValueError("preferred_batch_size must be a list of sizes")
+    sizes = tuple(sorted({_count(p, "a preferred_batch_size", minimum=1) for p in preferred}))
+    if sizes and sizes[-1] > size:
+        raise ValueError(f"preferred_batch_size {sizes[-1]} exceeds max_batch_size {size}")
+    queue = raw.get("default_queue_policy", {})
+    if not isinstance(queue, dict) or sorted(set(queue) - {"max_queue_size"}):
+        raise ValueError("default_queue_policy supports only max_queue_size")
+    max_queue = _count(queue.get("max_queue_size", 0), "max_queue_size")
+    return BatchingConfig(
+        max_batch_size=size,
+        max_queue_delay_us=_count(
+            raw.get("max_queue_delay_microseconds", 0), "max_queue_delay_microseconds"
+        ),
+        preferred_batch_sizes=sizes,
+        max_queue_size=max_queue or DEFAULT_MAX_QUEUE_SIZE,
+    )

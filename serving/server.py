@@ -133,7 +133,13 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         runtime_threads=settings.framework_threads,
     )
     await asyncio.to_thread(manager.load_all)
-    dataplane = DataPlane(manager, threads=settings.inference_threads, framework=backend.framework)
+    dataplane = DataPlane(
+        manager,
+        threads=settings.inference_threads,
+        framework=backend.framework,
+        inline_max_us=settings.inline_max_us,
+        inline_max_rows=settings.inline_max_rows,
+    )
     servicer = InferenceServicer(
         dataplane, manager, name=f"twinserve-{backend.framework}", version=project_version()
     )

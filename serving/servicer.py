@@ -127,16 +127,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform=loaded.platform(),
             runtime=loaded.default_runtime,
             backend=meta.framework,
-            max_batch_size=0,  # dims below include the batch dimension (-1)
             version_policy=_policy_pb(self.manager.policy(loaded.name)),
         )
+        # Triton's convention: with max_batch_size > 0 the dims leave out the batch
+        # dimension; with 0 they include it (-1).
+        skip = 0
+        if loaded.batching is not None:
+            batching = loaded.batching
+            config.max_batch_size = batching.max_batch_size
+            config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
+            config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+            config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
+            skip = 1
         for spec in meta.signature.inputs:
             config.input.add(
-                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape
+                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape[skip:]
             )
         for spec in meta.signature.outputs:
             config.output.add(
-                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape
+                name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape[skip:]
             )
         config.parameters["architecture"].string_value = meta.architecture
         config.parameters["framework"].string_value = meta.framework
@@ -161,12 +170,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 inference_count=stats.inference_count,
                 execution_count=stats.execution_count,
             )
-            entry.inference_stats.success.count = stats.success.count
-            entry.inference_stats.success.ns = stats.success.ns
-            entry.inference_stats.fail.count = stats.fail.count
-            entry.inference_stats.fail.ns = stats.fail.ns
-            entry.inference_stats.compute_infer.count = stats.compute_infer.count
-            entry.inference_stats.compute_infer.ns = stats.compute_infer.ns
+            for duration, source in (
+                (entry.inference_stats.success, stats.success),
+                (entry.inference_stats.fail, stats.fail),
+                (entry.inference_stats.queue, stats.queue),
+                (entry.inference_stats.compute_infer, stats.compute_infer),
+            ):
+                duration.count, duration.ns = source.count, source.ns
+            for rows, calls in sorted(stats.batches.items()):
+                batch = entry.batch_stats.add(batch_size=rows)
+                batch.compute_infer.count, batch.compute_infer.ns = calls.count, calls.ns
         return response
 
     async def RepositoryIndex(

@@ -26,7 +26,13 @@ class ServiceSettings(BaseSettings):
     # Seconds between scans of the repository for new or removed models and versions
     # (a version copied in by hand is picked up); 0 turns polling off.
     repository_poll_s: float = Field(default=5.0, ge=0)
+    # Threads that run framework calls (and batches in flight per batched model).
     inference_threads: int = Field(default=2, ge=1)
+    # Framework calls that warm-up measured at or under this many microseconds (batch 1), for
+    # requests of at most inline_max_rows rows, run on the event loop instead of a thread:
+    # the hop to a thread and back costs more than such a call. 0 sends every call to a thread.
+    inline_max_us: int = Field(default=100, ge=0)
+    inline_max_rows: int = Field(default=8, ge=1)
     device: str = "cpu"
     # Threads the framework uses inside one operation (TensorFlow intra-op pool, torch
     # set_num_threads); 0 keeps the framework's default (one per core).

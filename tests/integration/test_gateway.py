@@ -64,7 +64,9 @@ def _stack(aio, tmp_path_factory: pytest.TempPathFactory, **gateway: object) -> 
             aio.service(tf_repository, AffineBackend(framework="tensorflow"))
         )
         pytorch = stack.enter_context(
-            aio.service(pt_repository, AffineBackend(framework="pytorch", gate=gate))
+            aio.service(
+                pt_repository, AffineBackend(framework="pytorch", gate=gate), inline_max_us=0
+            )
         )
         stack.callback(gate.set)
         front = stack.enter_context(

@@ -61,6 +61,7 @@ class Replicas:
             data_dir=self.root / "data",
             tensorboard_dir=self.root / "runs",
             repository_poll_s=0,
+            inline_max_us=0,  # the gate blocks the calling thread: never the event loop
         )
         backend = AffineBackend(framework="pytorch", gate=self.gate)
         service: Service = self.aio.run(create_server(settings, backend))

@@ -74,7 +74,9 @@ def backends(aio: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bac
             aio.service(tf_repository, AffineBackend(framework="tensorflow"))
         )
         pytorch = stack.enter_context(
-            aio.service(pt_repository, AffineBackend(framework="pytorch", gate=gate))
+            aio.service(
+                pt_repository, AffineBackend(framework="pytorch", gate=gate), inline_max_us=0
+            )
         )
         stack.callback(gate.set)
         yield Backends(tensorflow, pytorch, gate)

@@ -532,7 +532,8 @@ def test_an_in_flight_request_finishes_on_its_version(aio: AioThread, tmp_path: 
     root = repository(tmp_path)
     gate = HoldFirst()
     backend = AffineBackend(gate=gate)
-    with serving(aio, root, backend) as (_, stub):
+    # inline_max_us=0: the gate blocks the calling thread, which must not be the event loop.
+    with serving(aio, root, backend, inline_max_us=0) as (_, stub):
         gate.arm()
         held = stub.ModelInfer.future(price_request(SIZE, model=MODEL, id="held"), timeout=10)
         try:

@@ -455,7 +455,8 @@ def test_graceful_shutdown_finishes_in_flight_calls(
 ) -> None:
     gate = _Gate()
     gate.set()  # open while the service loads and warms the model up
-    service = aio.start_service(seeded_repository(), AffineBackend(gate=gate))
+    # inline_max_us=0: the gate blocks the calling thread, which must not be the event loop.
+    service = aio.start_service(seeded_repository(), AffineBackend(gate=gate), inline_max_us=0)
     gate.clear()
     gate.entered.clear()
     address = f"127.0.0.1:{service.port}"

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from serving.errors import RepositoryError
-from serving.model_config import CONFIG_FILE, ModelConfig, VersionPolicy
+from serving.model_config import (
+    CONFIG_FILE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    BatchingConfig,
+    ModelConfig,
+    VersionPolicy,
+)
 
 
 def _read(tmp_path: Path, text: str) -> ModelConfig:
@@ -84,3 +90,48 @@ def test_invalid_configurations_say_what_is_wrong(tmp_path: Path, text: str, fra
 )
 def test_select(policy: VersionPolicy, available: list[int], selected: list[int]) -> None:
     assert policy.select(available) == selected
+
+
+def test_batching_reads_tritons_names(tmp_path: Path) -> None:
+    raw = {
+        "max_batch_size": 32,
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 500,
+            "preferred_batch_size": [16, 8, 16],
+            "default_queue_policy": {"max_queue_size": 100},
+        },
+    }
+    config = _read(tmp_path, json.dumps(raw))
+    assert config.batching == BatchingConfig(32, 500, (8, 16), 100)
+    # Defaults: no delay, no preferred sizes, a bounded queue.
+    config = _read(tmp_path, json.dumps({"max_batch_size": 4, "dynamic_batching": {}}))
+    assert config.batching == BatchingConfig(4, 0, (), DEFAULT_MAX_QUEUE_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"max_batch_size": 4}, "only used by dynamic batching"),
+        ({"dynamic_batching": {}}, "needs max_batch_size"),
+        ({"max_batch_size": -1, "dynamic_batching": {}}, "max_batch_size must be an integer"),
+        ({"max_batch_size": True, "dynamic_batching": {}}, "max_batch_size must be an integer"),
+        ({"max_batch_size": 4, "dynamic_batching": []}, "must be an object"),
+        ({"max_batch_size": 4, "dynamic_batching": {"priority_levels": 2}}, "unknown"),
+        ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}}, "exceeds"),
+        ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [0]}}, "at least 1"),
+        ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": 2}}, "a list"),
+        (
+            {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": -5}},
+            "max_queue_delay_microseconds",
+        ),
+        (
+            {"max_batch_size": 4, "dynamic_batching": {"default_queue_policy": {"x": 1}}},
+            "only max_queue_size",
+        ),
+    ],
+)
+def test_bad_batching_is_refused_with_the_reason(
+    tmp_path: Path, raw: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(RepositoryError, match=fragment):
+        _read(tmp_path, json.dumps(raw))

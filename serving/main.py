@@ -11,12 +11,15 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from google.protobuf.internal import api_implementation
+
 from serving.backend import Backend
 from serving.logs import configure_logging
 from serving.repository import ModelRepository
 from serving.seed import seed_repository
 from serving.server import serve
 from serving.settings import ServiceSettings
+from serving.workers import supervise
 
 __all__ = ["run"]
 
@@ -31,6 +34,18 @@ def _parse(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path)
     parser.add_argument("--port-file", type=Path)
     return parser.parse_args(argv)
+
+
+def check_protobuf() -> None:
+    """Warns when protobuf runs its pure-Python implementation: every message then costs
+    tens of microseconds more to parse and build (the upb one is the default wheel's)."""
+    implementation = api_implementation.Type()
+    if implementation != "upb":
+        logger.warning(
+            "protobuf runs the '%s' implementation, not upb: requests will be slower "
+            "(unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION, install the binary wheel)",
+            implementation,
+        )
 
 
 def run(
@@ -49,6 +64,11 @@ def run(
     }
     settings = ServiceSettings(**overrides)  # environment first, flags win
     configure_logging(settings.log_level, settings.log_format)
+    check_protobuf()
+    if args.command == "serve" and settings.worker_count() > 1:
+        # The supervisor builds no backend: only the workers import the framework.
+        supervise(settings, module=prog.removeprefix("python -m "))
+        return
     backend = make_backend(settings)
     if args.command == "seed":
         if not seed_repository(ModelRepository(settings.model_repository), backend):

@@ -61,6 +61,7 @@ def grpc_options(
     *,
     max_connection_age_s: float = 300.0,
     max_connection_age_grace_s: float | None = None,
+    reuse_port: bool = False,
 ) -> list[tuple[str, int]]:
     """Options of a server. A connection is closed after about `max_connection_age_s`
     (gRPC adds +-10 % jitter): its clients connect again, and a load balancer in front can
@@ -75,8 +76,9 @@ def grpc_options(
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        # Two servers on one port by accident must fail loudly, not share traffic.
-        ("grpc.so_reuseport", 0),
+        # Two servers on one port by accident must fail loudly, not share traffic; workers
+        # of one service share it on purpose (serving/workers.py).
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_connection_age_ms", min(unlimited_ms, int(max_connection_age_s * 1000))),
         ("grpc.max_connection_age_grace_ms", grace_ms),
     ]
@@ -160,6 +162,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         settings.max_message_bytes,
         credentials=credentials,
         interceptors=interceptors,
+        reuse_port=settings.reuse_port,
     )
     return Service(
         server,
@@ -183,6 +186,7 @@ def build_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     services: Mapping[str, Callable[[grpc.aio.Server], None]] | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A bound (not started) server with both services, the error interceptor, health and
     reflection; returns it with the bound port and its health servicer. The port serves TLS
@@ -191,7 +195,7 @@ def build_server(
     servicer to the server (the name is offered by reflection)."""
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorInterceptor()],
-        options=grpc_options(max_message_bytes),
+        options=grpc_options(max_message_bytes, reuse_port=reuse_port),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     tpb_grpc.add_TrainingServiceServicer_to_server(training, server)

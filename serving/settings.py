@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -35,8 +36,16 @@ class ServiceSettings(BaseSettings):
     inline_max_rows: int = Field(default=8, ge=1)
     device: str = "cpu"
     # Threads the framework uses inside one operation (TensorFlow intra-op pool, torch
-    # set_num_threads); 0 keeps the framework's default (one per core).
+    # set_num_threads); 0: the cores shared out over the workers (one worker: the framework's
+    # default, one per core).
     framework_threads: int = Field(default=0, ge=0)
+    # TensorFlow's inter-op pool (independent ops run side by side); 0 keeps its default.
+    inter_op_threads: int = Field(default=0, ge=0)
+    # Worker processes serving the one port (SO_REUSEPORT); 0 is one per core. Each holds
+    # its own copy of the models (see serving/workers.py).
+    workers: int = Field(default=1, ge=0)
+    # Set by the supervisor for its workers: bind the port shared with the other workers.
+    reuse_port: bool = False
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period_s: float = Field(default=10.0, ge=0)
@@ -57,3 +66,18 @@ class ServiceSettings(BaseSettings):
     # one token a line. None configured: no authentication.
     auth_tokens: list[SecretStr] = []
     auth_tokens_file: Path | None = None
+
+    def worker_count(self) -> int:
+        return self.workers or _cores()
+
+    def threads_per_worker(self) -> int:
+        """Framework threads for each worker: as set, else the cores shared out."""
+        if self.framework_threads:
+            return self.framework_threads
+        workers = self.worker_count()
+        return 0 if workers == 1 else max(1, _cores() // workers)
+
+
+def _cores() -> int:
+    # The cores this process may run on (a container's cpuset), not the machine's count.
+    return len(os.sched_getaffinity(0))

@@ -7,7 +7,9 @@ from tf_service.backend import TFBackend
 def main() -> None:
     run(
         lambda settings: TFBackend(
-            intra_op_threads=settings.framework_threads, device=settings.device
+            intra_op_threads=settings.framework_threads,
+            inter_op_threads=settings.inter_op_threads,
+            device=settings.device,
         ),
         prog="python -m tf_service",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
 
@@ -99,40 +99,57 @@ def _wrap_stream(behavior: StreamBehavior, method: str, *, streaming: bool) -> S
     return wrapper
 
 
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+# Wrapped handlers are cached per (method, handler): building them is most of what this
+# interceptor costs a call. The bound keeps the cache finite if an interceptor before this
+# one made new handlers per call.
+_CACHE_LIMIT = 512
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped: dict[tuple[str, Handler], Handler] = {}
+
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        unary = handler.unary_unary
-        if unary is not None and inspect.iscoroutinefunction(unary):
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(cast(UnaryBehavior, unary), method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        server_streaming = handler.unary_stream
-        if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(cast(StreamBehavior, server_streaming), method, streaming=False),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        stream = handler.stream_stream
-        if stream is not None and inspect.isasyncgenfunction(stream):
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(cast(StreamBehavior, stream), method, streaming=True),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        key = (handler_call_details.method, handler)
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = _wrap(handler, handler_call_details.method)
+            if len(self._wrapped) < _CACHE_LIMIT:
+                self._wrapped[key] = wrapped
+        return wrapped
+
+
+def _wrap(handler: Handler, method: str) -> Handler:
+    unary = handler.unary_unary
+    if unary is not None and inspect.iscoroutinefunction(unary):
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(cast(UnaryBehavior, unary), method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    server_streaming = handler.unary_stream
+    if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(cast(StreamBehavior, server_streaming), method, streaming=False),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    stream = handler.stream_stream
+    if stream is not None and inspect.isasyncgenfunction(stream):
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(cast(StreamBehavior, stream), method, streaming=True),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 async def stream_infer(

@@ -45,12 +45,14 @@ def _refuse_extensions(kind: str, name: str, params: Mapping[str, pb.InferParame
 
 def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
     for tensor in request.inputs:
-        _refuse_extensions("input", tensor.name, tensor.parameters)
+        if tensor.parameters:  # the common case, and a map lookup costs more than a length
+            _refuse_extensions("input", tensor.name, tensor.parameters)
     params = _params(dict(request.parameters))
     binary_output = _flag(params, BINARY_OUTPUT_PARAM, True)
     outputs: list[RequestedOutput] = []
     for wanted in request.outputs:
-        _refuse_extensions("output", wanted.name, wanted.parameters)
+        if wanted.parameters:
+            _refuse_extensions("output", wanted.name, wanted.parameters)
         out_params = _params(dict(wanted.parameters))
         outputs.append(RequestedOutput(wanted.name, _flag(out_params, BINARY_PARAM, binary_output)))
     if len({o.name for o in outputs}) != len(outputs):

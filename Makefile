@@ -8,12 +8,12 @@ PROTOS := $(wildcard proto/*.proto proto/*/*/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
-.PHONY: run test venv proto lint fmt seed bench clean
+.PHONY: run test venv proto lint fmt seed bench loadtest clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tf,torch,dev]'
+	$(PY) -m pip install --quiet -e '.[tf,torch,loadtest,dev]'
 	touch $@
 
 venv: $(STAMP)
@@ -46,6 +46,12 @@ test: $(PB_STAMP)
 
 bench: $(PB_STAMP)
 	$(PY) -m benchmarks.latency --models $(MODELS)
+
+# The latency matrix (house_price: every framework, runtime and path on the CPU; GPU cells say
+# why they did not run), reported under loadtest-report/. More: LOADTEST_ARGS='--models
+# house_price,mlp,cnn --batches 1,32'; running endpoints: LOADTEST_ARGS='--gateway HOST:PORT'.
+loadtest: $(PB_STAMP)
+	$(PY) -m loadtest --model-repository $(MODELS) --out loadtest-report $(LOADTEST_ARGS)
 
 lint: $(PB_STAMP)
 	$(PY) -m ruff check .

@@ -35,7 +35,7 @@ from loadtest.worker import MODEL_INFER, ClientFailure, Share, ShareResult, run_
 __all__ = ["ClientFailure", "ClientPool", "closed_loop", "default_processes", "open_loop"]
 
 # Slack between handing out the shares and starting them, so the processes start together.
-_START_SLACK_S = 0.3
+_START_SLACK_S = 0.1
 
 
 def default_processes() -> int:

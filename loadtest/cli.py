@@ -1,0 +1,178 @@
+"""`python -m loadtest`: the latency matrix, on services it starts here or on running ones.
+
+python -m loadtest                                   # house_price, every CPU cell, GPU cells
+python -m loadtest --models house_price,mlp,cnn --batches 1,32 --concurrency 1,4,16
+python -m loadtest --gateway gateway:8001 --tensorflow tf:8500 --pytorch torch:7070
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtest.devices import DeviceProbe, gpu_unavailable
+from loadtest.generator import ClientPool, default_processes
+from loadtest.matrix import Cell, Outcome, References, Target, run_target, targets_for
+from loadtest.progress import Progress
+from loadtest.report import machine, write_report, write_table
+from loadtest.targets import FRAMEWORKS, Endpoints, LocalStack, seed_models
+from loadtest.workloads import MODELS, Workload, ensure_model
+
+__all__ = ["main"]
+
+
+def _list(kind: type, text: str) -> list[Any]:
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--models", default="house_price", help="of: " + ",".join(MODELS))
+    p.add_argument("--batches", default="1,32", help="batch sizes of mlp and cnn (house_price: 1)")
+    p.add_argument("--concurrency", default="1,4,16", help="calls in flight, per cell")
+    p.add_argument("--duration", type=float, default=1.5, help="measured seconds per cell")
+    p.add_argument("--warmup", type=float, default=0.3, help="unrecorded seconds per cell")
+    p.add_argument("--devices", default="cpu,cuda",
+                   help="local: devices for the services; remote: the one they use")  # fmt: skip
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--clients", type=int, default=default_processes(), help="client processes")
+    p.add_argument("--out", type=Path, default=Path("loadtest-report"))
+    p.add_argument("--model-repository", type=Path, default=Path("models"),
+                   help="local: holds tensorflow/ and pytorch/ repositories")  # fmt: skip
+    p.add_argument("--no-echo", action="store_true", help="local: skip the echo floor")
+    remote = p.add_argument_group("running endpoints (no services are started)")
+    remote.add_argument("--gateway", help="HOST:PORT of a gateway")
+    remote.add_argument("--tensorflow", help="HOST:PORT of a TensorFlow service")
+    remote.add_argument("--pytorch", help="HOST:PORT of a PyTorch service")
+    return p
+
+
+class _Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.frameworks = tuple(_list(str, args.frameworks))
+        self.concurrencies = _list(int, args.concurrency)
+        self.workloads = [
+            Workload(model, batch)
+            for model in _list(str, args.models)
+            for batch in ([1] if model == "house_price" else _list(int, args.batches))
+        ]
+        unknown = {w.model for w in self.workloads} - MODELS.keys()
+        if unknown:
+            raise SystemExit(
+                f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}"
+            )
+        self.remote = bool(args.gateway or args.tensorflow or args.pytorch)
+        self.devices = _list(str, args.devices)
+        if self.remote and len(self.devices) != 1:
+            self.devices = ["cpu"] if args.devices == "cpu,cuda" else self.devices[:1]
+        self.outcomes: list[Outcome] = []
+        per_device = sum(
+            len(targets_for([w], "cpu", self.frameworks, echo=not self.remote and not args.no_echo))
+            for w in self.workloads
+        )
+        self.progress = Progress(per_device * len(self.concurrencies) * len(self.devices))
+
+    def record(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.progress.cell(outcome)
+
+    def skip(self, targets: list[Target], reason: str) -> None:
+        for target in targets:
+            for c in self.concurrencies:
+                self.record(Outcome(Cell(target, c), "not available", reason))
+
+    def measure(self, endpoints: Endpoints, targets: list[Target], pool: ClientPool) -> None:
+        for w in self.workloads:
+            if w.model == "house_price":
+                continue
+            for framework, address in endpoints.direct.items():
+                self.progress.note(ensure_model(w.spec, framework, address, via_gateway=False))
+            if not endpoints.direct and endpoints.gateway:
+                for framework in self.frameworks:
+                    self.progress.note(
+                        ensure_model(w.spec, framework, endpoints.gateway, via_gateway=True)
+                    )
+        references = References()
+        for target in targets:
+            run_target(target, self.concurrencies, endpoints, references, pool,
+                       duration_s=self.args.duration, warmup_s=self.args.warmup,
+                       on_cell=self.record)  # fmt: skip
+
+    def device(self, device: str, pool: ClientPool, probe: DeviceProbe | None) -> None:
+        echo = device == "cpu" and not self.remote and not self.args.no_echo
+        targets = targets_for(self.workloads, device, self.frameworks, echo=echo)
+        if self.remote:
+            direct = {
+                f: a
+                for f, a in (("tensorflow", self.args.tensorflow), ("pytorch", self.args.pytorch))
+                if a
+            }
+            self.measure(Endpoints(direct, self.args.gateway), targets, pool)
+            return
+        runnable = list(targets)
+        frameworks = list(self.frameworks)
+        if device != "cpu" and probe is not None:
+            reasons = probe.reasons()
+            runnable = []
+            for t in targets:
+                why = gpu_unavailable(t.framework, t.runtime, reasons)
+                if why:
+                    self.skip([t], f"{why}")
+                else:
+                    runnable.append(t)
+            frameworks = [f for f in self.frameworks if any(t.framework == f for t in runnable)]
+        if not runnable:
+            return
+        stack = LocalStack(self.args.model_repository, self.args.out / "logs")
+        try:
+            self.progress.note(f"starting {', '.join(frameworks)} on {device} ...")
+            endpoints = stack.start(device, tuple(frameworks), echo=echo)
+        except RuntimeError as exc:
+            stack.stop()
+            self.skip(runnable, f"the service did not start: {exc}")
+            return
+        try:
+            self.measure(endpoints, runnable, pool)
+        finally:
+            stack.stop()
+
+    def execute(self) -> dict[str, Any]:
+        started = time.monotonic()
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        probe = None if self.remote else DeviceProbe()
+        if not self.remote:
+            self.args.out.mkdir(parents=True, exist_ok=True)
+            (self.args.out / "logs").mkdir(exist_ok=True)
+            self.progress.note(f"seeding models into {self.args.model_repository} if missing ...")
+            seed_models(self.args.model_repository, self.args.out / "logs" / "seed.log")
+        with ClientPool(self.args.clients) as pool:
+            for device in self.devices:
+                self.device(device, pool, probe)
+        self.progress.finish()
+        settings = {
+            k: v for k, v in vars(self.args).items() if k not in ("out", "model_repository")
+        } | {"mode": "remote" if self.remote else "local", "loop": "closed"}
+        return {
+            "started": stamp,
+            "elapsed_s": time.monotonic() - started,
+            "settings": settings,
+            "machine": machine(),
+            "gpu_probe": probe.reasons() if probe else "not probed (remote endpoints)",
+        }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    run = _Run(args)
+    info = run.execute()
+    written = write_report(run.outcomes, info, args.out)
+    write_table(run.outcomes, sys.stdout)
+    print(f"\n{len(run.outcomes)} cells in {info['elapsed_s']:.0f} s; report: "
+          + ", ".join(str(p) for p in written[:3]) + f" and {len(written) - 3} plots")  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf.internal import api_implementation
 
 from serving.backend import Backend
+from serving.errors import ServingError
 from serving.logs import configure_logging
 from serving.repository import ModelRepository
 from serving.seed import seed_repository
@@ -69,7 +70,13 @@ def run(
         # The supervisor builds no backend: only the workers import the framework.
         supervise(settings, module=prog.removeprefix("python -m "))
         return
-    backend = make_backend(settings)
+    try:
+        backend = make_backend(settings)
+    except ServingError as exc:
+        # A setting the machine cannot honour (device "cuda" without a GPU): one clear line,
+        # not a traceback.
+        logger.error("cannot start: %s", exc.message)
+        raise SystemExit(2) from None
     if args.command == "seed":
         if not seed_repository(ModelRepository(settings.model_repository), backend):
             logger.info("%s already has the seed model", settings.model_repository)

@@ -40,8 +40,9 @@ run: seed
 # The core suite and the tritonclient compatibility suite run in separate
 # processes: tritonclient registers the same `inference.*` protobuf symbols as
 # our generated code, and one process's descriptor pool cannot hold both.
+# tests/deploy (Docker images, Compose, Kubernetes) runs in `make test-deploy`, not here.
 test: $(PB_STAMP)
-	$(PY) -m pytest tests --ignore=tests/compat $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
 bench: $(PB_STAMP)
@@ -64,3 +65,48 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf serving/pb/*_pb2*.py serving/pb/*_pb2*.pyi $(PB_STAMP) .pytest_cache .mypy_cache
+
+# --- Deployment: Docker images, Compose, Kubernetes (deploy/, README "Deployment") ---------
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+COMPOSE := $(VENV)/bin/docker-compose -f deploy/compose/compose.yaml
+IMAGE_PREFIX ?= twinserve
+IMAGE_TAG ?= latest
+# Empty: each Dockerfile's public default (python:3.11-slim, or the CUDA base for -gpu).
+BASE_IMAGE ?=
+IMAGES := tf-service torch-service gateway $(if $(wildcard loadtest/__main__.py),loadtest)
+GPU_IMAGES := tf-service-gpu torch-service-gpu
+# The classic builder where the buildx plugin is missing (Debian's docker.io).
+DOCKER_BUILD = DOCKER_BUILDKIT=$$(docker buildx version >/dev/null 2>&1 && echo 1 || echo 0) \
+	docker build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(DOCKER_BUILD_ARGS)
+
+.PHONY: images images-gpu up down test-deploy
+
+# hadolint, docker compose, kubernetes-validate: an extra of their own, so `make test` skips them.
+$(DEPLOY_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[deploy]'
+	touch $@
+
+images:
+	for image in $(IMAGES); do \
+		$(DOCKER_BUILD) -f deploy/docker/$$image.Dockerfile -t $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
+
+images-gpu:
+	for image in $(GPU_IMAGES); do \
+		$(DOCKER_BUILD) -f deploy/docker/$$image.Dockerfile -t $(IMAGE_PREFIX)/$$image:$(IMAGE_TAG) . || exit 1; \
+	done
+
+# The Compose stack (seeded models, both services, the gateway on localhost:8001).
+up: images $(DEPLOY_STAMP)
+	TWINSERVE_IMAGE_PREFIX=$(IMAGE_PREFIX) TWINSERVE_IMAGE_TAG=$(IMAGE_TAG) \
+		$(COMPOSE) up --detach --wait --no-build
+
+# Stops and removes the stack's containers and networks; the model volumes stay.
+down: $(DEPLOY_STAMP)
+	$(COMPOSE) --profile gpu --profile loadtest down --remove-orphans
+
+# Static checks of deploy/, then the images built on a debootstrap base and the Compose stack
+# answering through the gateway. Starts dockerd where none runs; caches in ~/.cache/twinserve-deploy.
+test-deploy: $(PB_STAMP) $(DEPLOY_STAMP)
+	deploy/scripts/docker-engine.sh
+	TWINSERVE_DEPLOY_REQUIRE_DOCKER=1 $(PY) -m pytest tests/deploy $(PYTEST_ARGS)

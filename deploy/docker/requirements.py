@@ -1,0 +1,78 @@
+"""Prints requirements from pyproject.toml, one a line, for an image's dependency layer.
+
+Run by the Dockerfiles before the source is copied in, so the dependency layer is rebuilt only
+when pyproject.toml changes. Standard library only (the base image has nothing else).
+
+    python3 requirements.py pyproject.toml --extra tf               # core + the tf extra
+    python3 requirements.py pyproject.toml --extra torch --without torch
+    python3 requirements.py pyproject.toml --extra tf --swap tensorflow-cpu=tensorflow[and-cuda]
+    python3 requirements.py pyproject.toml --only grpcio-tools      # one pinned requirement
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _name(requirement: str) -> str:
+    match = _NAME.match(requirement)
+    if match is None:
+        raise SystemExit(f"cannot read a name from requirement {requirement!r}")
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def requirements(
+    pyproject: Path,
+    extras: list[str],
+    without: list[str],
+    swaps: dict[str, str],
+    only: str | None,
+) -> list[str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    if only is not None:
+        every = [r for group in (project["dependencies"], *optional.values()) for r in group]
+        found = [r for r in every if _name(r) == _name(only)]
+        if not found:
+            raise SystemExit(f"{only} is not a requirement in {pyproject}")
+        return found[:1]
+    missing = [extra for extra in extras if extra not in optional]
+    if missing:
+        raise SystemExit(f"no extra {missing} in {pyproject}")
+    chosen = [*project["dependencies"], *(r for extra in extras for r in optional[extra])]
+    dropped = {_name(name) for name in without}
+    renamed = {_name(old): new for old, new in swaps.items()}
+    lines = []
+    for requirement in chosen:
+        name = _name(requirement)
+        if name in dropped:
+            continue
+        if name in renamed:
+            # Keep the version specifier, change the distribution (e.g. the GPU build).
+            lines.append(renamed[name] + requirement[len(_NAME.match(requirement)[0]) :])  # type: ignore[index]
+        else:
+            lines.append(requirement)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pyproject", type=Path)
+    parser.add_argument("--extra", action="append", default=[])
+    parser.add_argument("--without", action="append", default=[])
+    parser.add_argument("--swap", action="append", default=[], metavar="OLD=NEW")
+    parser.add_argument("--only")
+    args = parser.parse_args(argv)
+    swaps = dict(swap.split("=", 1) for swap in args.swap)
+    lines = requirements(args.pyproject, args.extra, args.without, swaps, args.only)
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+
+
+if __name__ == "__main__":
+    main()

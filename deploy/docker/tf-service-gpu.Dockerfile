@@ -1,0 +1,73 @@
+# The TensorFlow service on NVIDIA GPUs (tensorflow[and-cuda]); otherwise as tf-service.Dockerfile.
+# Build from the repository root:  docker build -f deploy/docker/tf-service-gpu.Dockerfile .
+# Run with the NVIDIA container toolkit: docker run --gpus all ...
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+
+# The CUDA base brings the driver hooks of the NVIDIA container runtime; the CUDA and cuDNN
+# libraries come with the framework's wheels (nvidia-* packages), so they match its build.
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# Generated protobuf code is built, never committed: the same protoc call as `make proto`
+# (without the .pyi stubs' mypy plugin, which only type checking needs).
+FROM base AS proto
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python3 -m venv /opt/tools \
+    && /opt/tools/bin/pip install --no-cache-dir "$(python3 requirements.py pyproject.toml --only grpcio-tools)"
+COPY proto/ proto/
+RUN mkdir -p serving/pb/twinserve/v1 \
+    && /opt/tools/bin/python -m grpc_tools.protoc -Iserving/pb=proto --python_out=. --pyi_out=. \
+        --grpc_python_out=. proto/*.proto proto/*/*/*.proto \
+    && touch serving/pb/__init__.py serving/pb/twinserve/__init__.py serving/pb/twinserve/v1/__init__.py
+
+# Dependencies alone, from pyproject.toml: rebuilt only when it changes. The core layer is
+# the same in every image, so a build reuses it from the one before.
+FROM base AS deps
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python3 -m venv /opt/venv \
+    && python3 requirements.py pyproject.toml > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+RUN python3 requirements.py pyproject.toml --extra tf \
+        --swap "tensorflow-cpu=tensorflow[and-cuda]" > requirements-extra.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements-extra.txt
+
+# The code, installed apart (/opt/app) so a code change leaves the dependency layer alone.
+FROM deps AS build
+COPY README.md ./
+COPY serving/ serving/
+COPY tf_service/ tf_service/
+COPY --from=proto /src/serving/pb/ serving/pb/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --prefix /opt/app .
+
+FROM base
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/twinserve twinserve \
+    && mkdir -p /models /var/lib/twinserve/data /var/lib/twinserve/runs \
+    && chown -R 10001:10001 /models /var/lib/twinserve
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /opt/app /opt/venv
+COPY deploy/docker/healthcheck.py /opt/twinserve/healthcheck.py
+ENV PATH=/opt/venv/bin:$PATH \
+    TWINSERVE_HOST=0.0.0.0 \
+    TWINSERVE_PORT=8500 \
+    TWINSERVE_MODEL_REPOSITORY=/models \
+    TWINSERVE_DATA_DIR=/var/lib/twinserve/data \
+    TWINSERVE_TENSORBOARD_DIR=/var/lib/twinserve/runs \
+    TF_CPP_MIN_LOG_LEVEL=2
+RUN python -c "import tf_service.backend, serving.pb.inference_pb2_grpc"
+USER 10001:10001
+WORKDIR /home/twinserve
+VOLUME ["/models"]
+EXPOSE 8500
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/opt/twinserve/healthcheck.py"]
+ENTRYPOINT ["python", "-m", "tf_service"]
+CMD ["serve"]

@@ -1,0 +1,74 @@
+# The PyTorch service (CPU): `python -m torch_service serve|seed`, gRPC on 7070.
+# Build from the repository root:  docker build -f deploy/docker/torch-service.Dockerfile .
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Generated protobuf code is built, never committed: the same protoc call as `make proto`
+# (without the .pyi stubs' mypy plugin, which only type checking needs).
+FROM base AS proto
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python3 -m venv /opt/tools \
+    && /opt/tools/bin/pip install --no-cache-dir "$(python3 requirements.py pyproject.toml --only grpcio-tools)"
+COPY proto/ proto/
+RUN mkdir -p serving/pb/twinserve/v1 \
+    && /opt/tools/bin/python -m grpc_tools.protoc -Iserving/pb=proto --python_out=. --pyi_out=. \
+        --grpc_python_out=. proto/*.proto proto/*/*/*.proto \
+    && touch serving/pb/__init__.py serving/pb/twinserve/__init__.py serving/pb/twinserve/v1/__init__.py
+
+# Dependencies alone, from pyproject.toml: rebuilt only when it changes. The core layer is
+# the same in every image, so a build reuses it from the one before.
+FROM base AS deps
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python3 -m venv /opt/venv \
+    && python3 requirements.py pyproject.toml > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+# torch on PyPI is the multi-GB CUDA build: the CPU wheel comes from PyTorch's CPU index
+# (TORCH_INDEX_URL), or from a wheel put in deploy/docker/wheels/ (machines without that index).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY deploy/docker/wheels/ /tmp/wheels/
+RUN if ls /tmp/wheels/torch-*.whl >/dev/null 2>&1; then \
+        /opt/venv/bin/pip install --no-cache-dir /tmp/wheels/torch-*.whl; \
+    else \
+        /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" \
+            --extra-index-url https://pypi.org/simple \
+            "$(python3 requirements.py pyproject.toml --only torch)"; \
+    fi \
+    && python3 requirements.py pyproject.toml --extra torch --without torch > requirements-extra.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r requirements-extra.txt
+
+# The code, installed apart (/opt/app) so a code change leaves the dependency layer alone.
+FROM deps AS build
+COPY README.md ./
+COPY serving/ serving/
+COPY torch_service/ torch_service/
+COPY --from=proto /src/serving/pb/ serving/pb/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --prefix /opt/app .
+
+FROM base
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/twinserve twinserve \
+    && mkdir -p /models /var/lib/twinserve/data /var/lib/twinserve/runs \
+    && chown -R 10001:10001 /models /var/lib/twinserve
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /opt/app /opt/venv
+COPY deploy/docker/healthcheck.py /opt/twinserve/healthcheck.py
+ENV PATH=/opt/venv/bin:$PATH \
+    TWINSERVE_HOST=0.0.0.0 \
+    TWINSERVE_PORT=7070 \
+    TWINSERVE_MODEL_REPOSITORY=/models \
+    TWINSERVE_DATA_DIR=/var/lib/twinserve/data \
+    TWINSERVE_TENSORBOARD_DIR=/var/lib/twinserve/runs
+RUN python -c "import torch_service.backend, serving.pb.inference_pb2_grpc"
+USER 10001:10001
+WORKDIR /home/twinserve
+VOLUME ["/models"]
+EXPOSE 7070
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/opt/twinserve/healthcheck.py"]
+ENTRYPOINT ["python", "-m", "torch_service"]
+CMD ["serve"]

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2
+from prometheus_client import CollectorRegistry
 
 from gateway.compare import ComparisonServicer
+from gateway.metrics import GatewayCollector
 from gateway.policy import PolicyFile, describe
 from gateway.pool import RetryBudget
 from gateway.routing import Router
@@ -22,6 +24,8 @@ from gateway.settings import GatewaySettings
 from gateway.shadow import Shadow
 from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
+from serving.calls import CallObserver
+from serving.metrics import MetricsServer, RpcMetrics, new_registry
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
 from serving.security import (
@@ -55,11 +59,17 @@ class Gateway:
     shadow: Shadow | None = None
     policy_file: PolicyFile | None = None
     routing_poll_s: float = 1.0
+    registry: CollectorRegistry | None = None
+    # Where to serve the registry over HTTP once started; None: not served.
+    metrics_address: tuple[str, int] | None = None
+    metrics_server: MetricsServer | None = field(default=None, init=False)
     _watcher: asyncio.Task[None] | None = field(default=None, init=False)
     _policy_watcher: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         await self.server.start()
+        if self.registry is not None and self.metrics_address is not None:
+            self.metrics_server = MetricsServer(self.registry, *self.metrics_address)
         self._watcher = asyncio.create_task(watch(self.upstreams, self.interval, self._set_health))
         if self.policy_file is not None and self.router is not None:
             self._policy_watcher = asyncio.create_task(
@@ -87,6 +97,8 @@ class Gateway:
             await self.shadow.close()
         for upstream in self.upstreams:
             await upstream.close()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
 
 
 def upstream_credentials(settings: GatewaySettings) -> grpc.ChannelCredentials | None:
@@ -149,6 +161,9 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     )
     comparison = ComparisonServicer(upstreams, router, shadow, timeout=settings.upstream_timeout_s)
     training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
+    registry = new_registry()
+    registry.register(GatewayCollector(list(upstreams.values()), shadow))
+    observer = CallObserver(RpcMetrics(registry), max_concurrent=settings.max_concurrent_rpcs)
     server_creds, interceptors = server_security(settings)
     server, port, health_servicer = build_server(
         servicer,
@@ -163,6 +178,8 @@ async def create_server(settings: GatewaySettings) -> Gateway:
                 cpb_grpc.add_ComparisonServiceServicer_to_server, comparison
             )
         },
+        observer=observer,
+        max_streams_per_connection=settings.max_streams_per_connection,
     )
     return Gateway(
         server,
@@ -174,6 +191,10 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         shadow=shadow,
         policy_file=policy_file,
         routing_poll_s=settings.routing_poll_s,
+        registry=registry,
+        metrics_address=(
+            None if settings.metrics_port is None else (settings.host, settings.metrics_port)
+        ),
     )
 
 
@@ -188,6 +209,8 @@ async def serve(settings: GatewaySettings) -> None:
         ", ".join(f"{u.framework}@{u.url}" for u in gateway.upstreams),
         "TLS" if settings.upstream_tls() else "plaintext",
     )
+    if gateway.metrics_server is not None:
+        logger.info("metrics on http://%s:%d/metrics", settings.host, gateway.metrics_server.port)
     if settings.port_file is not None:
         write_port_file(settings.port_file, gateway.port)
     await wait_for_signal()

@@ -49,6 +49,17 @@ class GatewaySettings(BaseSettings):
     retry_budget_ratio: float = Field(default=0.2, ge=0)
     retry_budget_min_per_s: float = Field(default=10.0, ge=0)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Calls handled at once (health and reflection aside); more are refused with
+    # RESOURCE_EXHAUSTED. 0: no bound.
+    max_concurrent_rpcs: int = Field(default=1024, ge=0)
+    # Concurrent streams one client connection may carry (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    max_streams_per_connection: int = Field(default=256, ge=1)
+    # Prometheus metrics over HTTP (/metrics) on this port of `host`; None: not served,
+    # 0: a free port. `make run` uses 8002 (Triton's metrics port).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # OpenTelemetry traces (needs the `otel` extra), with the trace context sent on to the
+    # services; exported as OTLP where the standard OTEL_EXPORTER_OTLP_* variables say.
+    tracing: bool = False
     grace_period_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, ResourceExhausted
 from serving.pb import inference_pb2 as pb
 from serving.types import InputTensor, ParamValue
 
@@ -108,6 +108,16 @@ def _check_datatype(name: str, datatype: str) -> np.dtype[Any]:
         ) from None
 
 
+def _check_footprint(name: str, shape: Sequence[int], size: int, limit: int | None) -> None:
+    """Refuses a tensor whose decoding would allocate more than `limit` bytes (`size`: the
+    widest arrays decoding makes). Called before anything is allocated."""
+    if limit is not None and size > limit:
+        raise ResourceExhausted(
+            f"input '{name}': shape {list(shape)} decodes to {size} bytes, over this "
+            f"server's limit of {limit} bytes per tensor (max_tensor_bytes)"
+        )
+
+
 def _bf16_to_fp32(bits: np.ndarray) -> np.ndarray:
     widened: np.ndarray = bits.astype("<u4") << 16
     return widened.view("<f4")
@@ -169,11 +179,17 @@ def serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+def _decode_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes, limit: int | None = None
+) -> np.ndarray:
     dtype = _check_datatype(name, datatype)
     count = _check_shape(name, shape, dtype)
     if datatype == "BYTES":
+        # An object slot per element, and the element bytes copied out of the message.
+        _check_footprint(name, shape, count * dtype.itemsize + len(raw), limit)
         return deserialize_bytes(name, raw, count).reshape(shape)
+    # BF16 is widened to FP32.
+    _check_footprint(name, shape, count * (4 if datatype == "BF16" else dtype.itemsize), limit)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
@@ -190,10 +206,16 @@ def _decode_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) ->
 
 
 def _decode_typed(
-    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    contents: pb.InferTensorContents,
+    limit: int | None = None,
 ) -> np.ndarray:
     dtype = _check_datatype(name, datatype)
     count = _check_shape(name, shape, dtype)
+    # Integers are range-checked as 64-bit first; BYTES take an object slot each.
+    _check_footprint(name, shape, count * (8 if dtype.kind in "iuO" else dtype.itemsize), limit)
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
@@ -229,7 +251,11 @@ def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) ->
     return _decode_raw(name, datatype, tuple(shape), raw)
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
+def decode_inputs(
+    request: pb.ModelInferRequest, *, max_tensor_bytes: int | None = None
+) -> list[InputTensor]:
+    """The request's inputs as arrays; with `max_tensor_bytes`, an input whose declared shape
+    would decode to more is refused (RESOURCE_EXHAUSTED) before allocation."""
     inputs = request.inputs
     raw = request.raw_input_contents
     typed = [i.name for i in inputs if i.HasField("contents") and i.contents.ListFields()]
@@ -251,9 +277,11 @@ def decode_inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
         seen.add(tensor.name)
         shape = tuple(tensor.shape)
         if raw:
-            array = _decode_raw(tensor.name, tensor.datatype, shape, raw[index])
+            array = _decode_raw(tensor.name, tensor.datatype, shape, raw[index], max_tensor_bytes)
         else:
-            array = _decode_typed(tensor.name, tensor.datatype, shape, tensor.contents)
+            array = _decode_typed(
+                tensor.name, tensor.datatype, shape, tensor.contents, max_tensor_bytes
+            )
         decoded.append(InputTensor(tensor.name, tensor.datatype, array))
     return decoded
 

@@ -8,11 +8,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from serving.backend import Model
 from serving.batching import Batcher
-from serving.errors import InvalidInput, ServingError
+from serving.errors import InvalidInput, ServingError, code_of
 from serving.manager import LoadedVersion, ModelManager
+from serving.metrics import InferenceMetrics
 from serving.statistics import StatisticsBook
 from serving.types import InferRequest, InferResponse, InputTensor, Signature
 
@@ -103,10 +105,14 @@ class DataPlane:
         framework: str,
         inline_max_us: int = 0,
         inline_max_rows: int = 8,
+        metrics: InferenceMetrics | None = None,
     ) -> None:
         self.manager = manager
         self.framework = framework
         self.stats = StatisticsBook()
+        self.metrics = metrics or InferenceMetrics(
+            CollectorRegistry(), framework=framework, device="cpu"
+        )
         self._threads = threads
         self._inline_max_ns = inline_max_us * 1000
         self._inline_max_rows = inline_max_rows
@@ -119,6 +125,9 @@ class DataPlane:
             raise InvalidInput(f"parameter '{RUNTIME_PARAM}' must be a string")
         # The version stays open until this request is done, even if a swap retires it.
         with self.manager.use(request.model_name, request.model_version) as loaded:
+            in_flight = self.metrics.in_flight.labels(loaded.name, self.framework)
+            in_flight.inc()
+            runtime = "unknown"  # until the asked runtime is known to exist
             try:
                 runtime, model = loaded.runtime(asked)
                 arrays = validate_inputs(loaded.name, loaded.meta.signature, request.inputs)
@@ -130,6 +139,7 @@ class DataPlane:
                     outputs = await self._call(loaded, runtime, model, arrays)
                     compute_ns = time.perf_counter_ns() - compute_start
                     self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)
+                    self.metrics.executed(loaded.name, loaded.version, runtime, rows)
                 else:
                     result = await self._batcher(loaded, runtime, model).submit(arrays)
                     outputs, queue_ns, compute_ns = (
@@ -140,16 +150,28 @@ class DataPlane:
                 missing = [n for n in names if n not in outputs]
                 if missing:
                     raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
-            except BaseException:
+            except BaseException as exc:
                 self.stats.record_failure(
                     loaded.name, loaded.version, time.perf_counter_ns() - started
                 )
+                self.metrics.request(loaded.name, loaded.version, runtime, code_of(exc).name)
                 raise
+            finally:
+                in_flight.dec()
+        total_ns = time.perf_counter_ns() - started
         self.stats.record_success(
             loaded.name,
             loaded.version,
             rows=rows,
-            total_ns=time.perf_counter_ns() - started,
+            total_ns=total_ns,
+            queue_ns=queue_ns,
+            compute_ns=compute_ns,
+        )
+        self.metrics.succeeded(
+            loaded.name,
+            loaded.version,
+            runtime,
+            total_ns=total_ns,
             queue_ns=queue_ns,
             compute_ns=compute_ns,
         )
@@ -184,6 +206,7 @@ class DataPlane:
 
             def on_batch(rows: int, compute_ns: int) -> None:
                 self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)
+                self.metrics.executed(loaded.name, loaded.version, runtime, rows)
 
             # One batch in flight per inference thread: while they are all busy, the queue
             # fills, and that is what makes batches under load.

@@ -21,6 +21,8 @@ INTERNAL with a generic message.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Unsupported",
     "UpstreamError",
     "VersionNotFound",
+    "code_of",
 ]
 
 
@@ -100,3 +103,13 @@ class UpstreamError(ServingError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    """The status an exception ends a call with (a cancelled call's is CANCELLED; anything
+    not a ServingError is INTERNAL). `serving.interceptor.status_of` adds the message."""
+    if isinstance(exc, ServingError):
+        return exc.code
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,6 +10,7 @@ from typing import Any, TypeAlias, cast
 
 import grpc
 
+from serving.calls import CallObserver, status_name
 from serving.errors import InvalidInput, ServingError
 from serving.pb import inference_pb2 as pb
 
@@ -64,26 +66,41 @@ UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[An
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
-def _wrap_unary(behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+def _wrap_unary(behavior: UnaryBehavior, method: str, observer: CallObserver) -> UnaryBehavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = observer.start(method, request, context)
         try:
+            if not call.admitted:
+                raise observer.refusal()
             if request is _UNDECODABLE:
                 raise _malformed()
-            return await behavior(request, context)
+            call.response = await behavior(request, context)
+            return call.response
         except grpc.aio.AbortError:
+            call.code = status_name(context.code())
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = status_of(exc, method)
-            await context.abort(code, message)
+            call.code, call.message = status_of(exc, method)
+            await context.abort(call.code, call.message)
+        finally:
+            observer.finish(call)
 
     return wrapper
 
 
-def _wrap_stream(behavior: StreamBehavior, method: str, *, streaming: bool) -> StreamBehavior:
+def _wrap_stream(
+    behavior: StreamBehavior, method: str, observer: CallObserver, *, streaming: bool
+) -> StreamBehavior:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        call = observer.start(method, None if streaming else request, context)
         try:
+            if not call.admitted:
+                raise observer.refusal()
             if streaming:
                 request = _checked(request)
             elif request is _UNDECODABLE:
@@ -91,10 +108,16 @@ def _wrap_stream(behavior: StreamBehavior, method: str, *, streaming: bool) -> S
             async for response in behavior(request, context):
                 yield response
         except grpc.aio.AbortError:
+            call.code = status_name(context.code())
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            code, message = status_of(exc, method)
-            await context.abort(code, message)
+            call.code, call.message = status_of(exc, method)
+            await context.abort(call.code, call.message)
+        finally:
+            observer.finish(call)
 
     return wrapper
 
@@ -107,7 +130,11 @@ _CACHE_LIMIT = 512
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    """Statuses from exceptions, and (through `observer`) metrics, logs and the bound on
+    concurrent calls."""
+
+    def __init__(self, observer: CallObserver | None = None) -> None:
+        self.observer = observer or CallObserver()
         self._wrapped: dict[tuple[str, Handler], Handler] = {}
 
     async def intercept_service(
@@ -121,31 +148,31 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         key = (handler_call_details.method, handler)
         wrapped = self._wrapped.get(key)
         if wrapped is None:
-            wrapped = _wrap(handler, handler_call_details.method)
+            wrapped = _wrap(handler, handler_call_details.method, self.observer)
             if len(self._wrapped) < _CACHE_LIMIT:
                 self._wrapped[key] = wrapped
         return wrapped
 
 
-def _wrap(handler: Handler, method: str) -> Handler:
+def _wrap(handler: Handler, method: str, observer: CallObserver) -> Handler:
     unary = handler.unary_unary
     if unary is not None and inspect.iscoroutinefunction(unary):
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(cast(UnaryBehavior, unary), method),
+            _wrap_unary(cast(UnaryBehavior, unary), method, observer),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     server_streaming = handler.unary_stream
     if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(cast(StreamBehavior, server_streaming), method, streaming=False),
+            _wrap_stream(cast(StreamBehavior, server_streaming), method, observer, streaming=False),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     stream = handler.stream_stream
     if stream is not None and inspect.isasyncgenfunction(stream):
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(cast(StreamBehavior, stream), method, streaming=True),
+            _wrap_stream(cast(StreamBehavior, stream), method, observer, streaming=True),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -163,7 +190,20 @@ async def stream_infer(
         try:
             response = await infer(request)
         except Exception as exc:
-            _, message = status_of(exc, "ModelStreamInfer")
+            code, message = status_of(exc, "ModelStreamInfer")
+            logger.warning(
+                "ModelStreamInfer message %s -> %s: %s",
+                request.model_name,
+                code.name,
+                message,
+                extra={
+                    "method": "ModelStreamInfer",
+                    "code": code.name,
+                    "model": request.model_name,
+                    "request_id": request.id,
+                    "detail": message,
+                },
+            )
             yield pb.ModelStreamInferResponse(
                 error_message=message,
                 infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),

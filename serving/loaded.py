@@ -43,6 +43,8 @@ class LoadedVersion:
     batchers: dict[str, Batcher] = field(default_factory=dict)
     # Runtime -> median nanoseconds of a batch-1 call, measured by warm_up.
     call_ns: dict[str, int] = field(default_factory=dict)
+    # Seconds loading and warming this version took (a metric).
+    load_seconds: float = 0.0
 
     def runtime(self, asked: str | None) -> tuple[str, Model]:
         chosen = asked or self.default_runtime

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -145,12 +146,30 @@ class ModelManager:
             rows.extend((name, str(v), s, why) for v, (s, why) in sorted(versions.items()))
         return rows
 
+    def states(self) -> list[tuple[str, str, str, float | None]]:
+        """(name, version, state, load seconds or None) of every model version this manager
+        knows, loaded or failed, without touching the disk (metrics read it from another
+        thread)."""
+        with self._lock:
+            entries = list(self._entries.items())
+        rows: list[tuple[str, str, str, float | None]] = []
+        for name, entry in sorted(entries):
+            versions = dict(entry.versions)
+            for version, loaded in sorted(versions.items()):
+                rows.append((name, str(version), str(entry.state), loaded.load_seconds))
+            for version in sorted(set(entry.failed) - set(versions)):
+                rows.append((name, str(version), str(ModelState.UNAVAILABLE), None))
+            if not versions and not entry.failed:
+                rows.append((name, "", str(entry.state), None))
+        return rows
+
     def ready_names(self) -> list[str]:
         return sorted(n for n, e in self._entries.items() if e.state is ModelState.READY)
 
     # ---- loading (blocking: run off the event loop) ----
 
     def _load_version(self, name: str, version: int, config: ModelConfig) -> LoadedVersion:
+        started = time.perf_counter()
         meta = self.repository.read_meta(name, version)
         path = self.repository.path(name, version)
         models: dict[str, Model] = {}
@@ -187,6 +206,7 @@ class ModelManager:
                 name, version, meta, models, default, unavailable, batching=config.batching
             )
             warm_up(loaded)
+            loaded.load_seconds = time.perf_counter() - started
         except BaseException:
             for model in models.values():
                 model.close()

@@ -16,12 +16,23 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from serving.backend import Backend
+from serving.calls import CallObserver
 from serving.dataplane import DataPlane
 from serving.interceptor import ErrorInterceptor
 from serving.jobs import JobManager
 from serving.manager import ModelManager
+from serving.metrics import (
+    DeviceCollector,
+    InferenceMetrics,
+    JobCollector,
+    MetricsServer,
+    ModelCollector,
+    RpcMetrics,
+    new_registry,
+)
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
@@ -62,6 +73,7 @@ def grpc_options(
     max_connection_age_s: float = 300.0,
     max_connection_age_grace_s: float | None = None,
     reuse_port: bool = False,
+    max_streams_per_connection: int = 256,
 ) -> list[tuple[str, int]]:
     """Options of a server. A connection is closed after about `max_connection_age_s`
     (gRPC adds +-10 % jitter): its clients connect again, and a load balancer in front can
@@ -81,6 +93,8 @@ def grpc_options(
         ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_connection_age_ms", min(unlimited_ms, int(max_connection_age_s * 1000))),
         ("grpc.max_connection_age_grace_ms", grace_ms),
+        # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls one connection carries at once.
+        ("grpc.max_concurrent_streams", max_streams_per_connection),
     ]
 
 
@@ -96,10 +110,16 @@ class Service:
     dataplane: DataPlane
     jobs: JobManager
     poll_s: float = 0.0
+    registry: CollectorRegistry | None = None
+    # Where to serve the registry over HTTP once started; None: not served.
+    metrics_address: tuple[str, int] | None = None
+    metrics_server: MetricsServer | None = None
     _poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
+        if self.registry is not None and self.metrics_address is not None:
+            self.metrics_server = MetricsServer(self.registry, *self.metrics_address)
         if self.poll_s > 0:
             self._poller = asyncio.create_task(self.manager.poll(self.poll_s))
         self.servicer.ready = True
@@ -123,6 +143,8 @@ class Service:
         await asyncio.to_thread(self.jobs.shutdown)
         await asyncio.to_thread(self.dataplane.close)
         await asyncio.to_thread(self.manager.close)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
 
 
 async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
@@ -134,6 +156,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         latest=settings.latest_versions,
         runtime_threads=settings.framework_threads,
     )
+    registry = new_registry()
     await asyncio.to_thread(manager.load_all)
     dataplane = DataPlane(
         manager,
@@ -141,9 +164,14 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         framework=backend.framework,
         inline_max_us=settings.inline_max_us,
         inline_max_rows=settings.inline_max_rows,
+        metrics=InferenceMetrics(registry, framework=backend.framework, device=settings.device),
     )
     servicer = InferenceServicer(
-        dataplane, manager, name=f"twinserve-{backend.framework}", version=project_version()
+        dataplane,
+        manager,
+        name=f"twinserve-{backend.framework}",
+        version=project_version(),
+        max_tensor_bytes=settings.max_tensor_bytes,
     )
     jobs = JobManager(
         backend,
@@ -152,6 +180,16 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         data_dir=settings.data_dir,
         tensorboard_dir=settings.tensorboard_dir,
         max_pending=settings.max_pending_jobs,
+    )
+    registry.register(ModelCollector(manager, backend.framework))
+    registry.register(JobCollector(jobs, backend.framework))
+    device_stats = getattr(backend, "device_stats", None)
+    if callable(device_stats):
+        registry.register(DeviceCollector(device_stats, settings.device))
+    observer = CallObserver(
+        RpcMetrics(registry),
+        framework=backend.framework,
+        max_concurrent=settings.max_concurrent_rpcs,
     )
     credentials, interceptors = server_security(settings)
     server, port, health_servicer = build_server(
@@ -163,7 +201,10 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         credentials=credentials,
         interceptors=interceptors,
         reuse_port=settings.reuse_port,
+        observer=observer,
+        max_streams_per_connection=settings.max_streams_per_connection,
     )
+    metrics_port = settings.worker_metrics_port()
     return Service(
         server,
         port,
@@ -173,6 +214,8 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         dataplane,
         jobs,
         settings.repository_poll_s,
+        registry=registry,
+        metrics_address=None if metrics_port is None else (settings.host, metrics_port),
     )
 
 
@@ -187,15 +230,22 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     services: Mapping[str, Callable[[grpc.aio.Server], None]] | None = None,
     reuse_port: bool = False,
+    observer: CallObserver | None = None,
+    max_streams_per_connection: int = 256,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A bound (not started) server with both services, the error interceptor, health and
     reflection; returns it with the bound port and its health servicer. The port serves TLS
     when `credentials` are given; `interceptors` (authentication) run before the error
     interceptor. `services` adds more: full service name -> a function that adds its
-    servicer to the server (the name is offered by reflection)."""
+    servicer to the server (the name is offered by reflection). `observer` records every
+    call's metrics and log line and bounds the calls handled at once."""
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor()],
-        options=grpc_options(max_message_bytes, reuse_port=reuse_port),
+        interceptors=[*interceptors, ErrorInterceptor(observer)],
+        options=grpc_options(
+            max_message_bytes,
+            reuse_port=reuse_port,
+            max_streams_per_connection=max_streams_per_connection,
+        ),
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
     tpb_grpc.add_TrainingServiceServicer_to_server(training, server)
@@ -241,6 +291,8 @@ async def serve(settings: ServiceSettings, backend: Backend) -> None:
         transport_name(settings.tls_cert_file, settings.tls_client_ca_file),
         ", ".join(service.manager.ready_names()) or "none",
     )
+    if service.metrics_server is not None:
+        logger.info("metrics on http://%s:%d/metrics", settings.host, service.metrics_server.port)
     if settings.port_file is not None:
         write_port_file(settings.port_file, service.port)
     await wait_for_signal()

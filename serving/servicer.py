@@ -56,9 +56,16 @@ _DATATYPE_ENUM = {
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
-        self, dataplane: DataPlane, manager: ModelManager, *, name: str, version: str
+        self,
+        dataplane: DataPlane,
+        manager: ModelManager,
+        *,
+        name: str,
+        version: str,
+        max_tensor_bytes: int | None = None,
     ) -> None:
         self.dataplane = dataplane
+        self.max_tensor_bytes = max_tensor_bytes
         self.manager = manager
         self.name = name
         self.version = version
@@ -115,7 +122,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         # An unknown model is reported before anything about the inputs, as Triton does.
         self.manager.get(request.model_name, request.model_version)
-        return response_to_pb(await self.dataplane.infer(request_from_pb(request)))
+        decoded = request_from_pb(request, max_tensor_bytes=self.max_tensor_bytes)
+        return response_to_pb(await self.dataplane.infer(decoded))
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context

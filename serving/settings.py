@@ -47,6 +47,23 @@ class ServiceSettings(BaseSettings):
     # Set by the supervisor for its workers: bind the port shared with the other workers.
     reuse_port: bool = False
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # A request input whose declared shape would decode to more than this many bytes is
+    # refused (RESOURCE_EXHAUSTED) before anything is allocated for it.
+    max_tensor_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Calls handled at once (health and reflection aside); more are refused with
+    # RESOURCE_EXHAUSTED at once. 0: no bound. With several workers, per worker.
+    max_concurrent_rpcs: int = Field(default=1024, ge=0)
+    # Concurrent streams (calls) one HTTP/2 connection may carry (SETTINGS_MAX_CONCURRENT_
+    # STREAMS); a client past it waits for one of its calls to end.
+    max_streams_per_connection: int = Field(default=256, ge=1)
+    # Prometheus metrics over HTTP (/metrics) on this port of `host`; None: not served, 0: a
+    # free port. Worker k of several serves metrics_port + k (each is its own process).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Set by the supervisor for each of its workers (serving/workers.py).
+    worker_index: int = Field(default=0, ge=0)
+    # OpenTelemetry traces (needs the `otel` extra); exported as OTLP to the endpoint the
+    # standard OTEL_EXPORTER_OTLP_* variables name. Off by default.
+    tracing: bool = False
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period_s: float = Field(default=10.0, ge=0)
     # Training: CSV datasets are read only from under data_dir; TensorBoard runs are written
@@ -66,6 +83,12 @@ class ServiceSettings(BaseSettings):
     # one token a line. None configured: no authentication.
     auth_tokens: list[SecretStr] = []
     auth_tokens_file: Path | None = None
+
+    def worker_metrics_port(self) -> int | None:
+        """This worker's metrics port: the setting, offset by the worker's index."""
+        if self.metrics_port is None or self.metrics_port == 0:
+            return self.metrics_port
+        return self.metrics_port + self.worker_index
 
     def worker_count(self) -> int:
         return self.workers or _cores()

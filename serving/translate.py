@@ -43,7 +43,9 @@ def _refuse_extensions(kind: str, name: str, params: Mapping[str, pb.InferParame
             )
 
 
-def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
+def request_from_pb(
+    request: pb.ModelInferRequest, *, max_tensor_bytes: int | None = None
+) -> InferRequest:
     for tensor in request.inputs:
         if tensor.parameters:  # the common case, and a map lookup costs more than a length
             _refuse_extensions("input", tensor.name, tensor.parameters)
@@ -60,7 +62,7 @@ def request_from_pb(request: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
-        inputs=decode_inputs(request),
+        inputs=decode_inputs(request, max_tensor_bytes=max_tensor_bytes),
         id=request.id,
         parameters=params,
         outputs=outputs,

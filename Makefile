@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/*.proto proto/*/*/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
-.PHONY: run test venv proto lint fmt seed bench loadtest clean
+.PHONY: run test venv proto lint fmt seed bench loadtest clean prometheus soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ run: seed
 # processes: tritonclient registers the same `inference.*` protobuf symbols as
 # our generated code, and one process's descriptor pool cannot hold both.
 # tests/deploy (Docker images, Compose, Kubernetes) runs in `make test-deploy`, not here.
-test: $(PB_STAMP)
+test: $(PB_STAMP) prometheus
 	$(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
@@ -62,6 +62,21 @@ lint: $(PB_STAMP)
 fmt: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# Debian's Prometheus for tests/integration/test_prometheus.py (it skips, saying why, without
+# one): installed with apt-get where this runs as root, else a note.
+prometheus:
+	@command -v prometheus >/dev/null || { \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; }; } || \
+		echo "note: no prometheus binary (needs apt-get as root); tests/integration/test_prometheus.py will skip"
+
+# The 5-minute soak (mixed good and bad traffic at concurrency 16, the whole stack, memory
+# growth under 5 %); skipped by `make test`, run by .ci/run. SOAK_S=60 for a shorter one.
+SOAK_S ?= 300
+soak: $(PB_STAMP)
+	TWINSERVE_SOAK_S=$(SOAK_S) TWINSERVE_SOAK_REPORT=soak-report.json $(PY) -m pytest tests/soak -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf serving/pb/*_pb2*.py serving/pb/*_pb2*.pyi $(PB_STAMP) .pytest_cache .mypy_cache

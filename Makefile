@@ -13,7 +13,7 @@ MODELS ?= models
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tf,torch,loadtest,dev]'
+	$(PY) -m pip install --quiet -e '.[tf,torch,loadtest,dev,otel]'
 	touch $@
 
 venv: $(STAMP)

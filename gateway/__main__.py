@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gateway.server import serve
 from gateway.settings import GatewaySettings
+from serving import tracing
 from serving.logs import configure_logging
 
 
@@ -26,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = GatewaySettings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.tracing:
+        tracing.configure("gateway")
     asyncio.run(serve(settings))
 
 

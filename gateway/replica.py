@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
+from serving.tracing import client_interceptors
 
 __all__ = ["Replica", "Target"]
 
@@ -108,10 +109,14 @@ class Replica:
         self.address = address
         if credentials is None:
             options = channel_options(max_message_bytes, reconnect_s, "")
-            self.channel = grpc.aio.insecure_channel(address, options=options)
+            self.channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=client_interceptors()
+            )
         else:
             options = channel_options(max_message_bytes, reconnect_s, server_name)
-            self.channel = grpc.aio.secure_channel(address, credentials, options=options)
+            self.channel = grpc.aio.secure_channel(
+                address, credentials, options=options, interceptors=client_interceptors()
+            )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.training = tpb_grpc.TrainingServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)

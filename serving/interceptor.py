@@ -13,6 +13,7 @@ import grpc
 from serving.calls import CallObserver, status_name
 from serving.errors import InvalidInput, ServingError
 from serving.pb import inference_pb2 as pb
+from serving.tracing import server_span
 
 __all__ = ["ErrorInterceptor", "status_of", "stream_infer"]
 
@@ -69,24 +70,26 @@ StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterat
 def _wrap_unary(behavior: UnaryBehavior, method: str, observer: CallObserver) -> UnaryBehavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = observer.start(method, request, context)
-        try:
-            if not call.admitted:
-                raise observer.refusal()
-            if request is _UNDECODABLE:
-                raise _malformed()
-            call.response = await behavior(request, context)
-            return call.response
-        except grpc.aio.AbortError:
-            call.code = status_name(context.code())
-            raise
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:
-            call.code, call.message = status_of(exc, method)
-            await context.abort(call.code, call.message)
-        finally:
-            observer.finish(call)
+        # Unary calls only: a span's context cannot follow a stream's generator across yields.
+        with server_span(method, context):
+            try:
+                if not call.admitted:
+                    raise observer.refusal()
+                if request is _UNDECODABLE:
+                    raise _malformed()
+                call.response = await behavior(request, context)
+                return call.response
+            except grpc.aio.AbortError:
+                call.code = status_name(context.code())
+                raise
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                call.code, call.message = status_of(exc, method)
+                await context.abort(call.code, call.message)
+            finally:
+                observer.finish(call)
 
     return wrapper
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from google.protobuf.internal import api_implementation
 
+from serving import tracing
 from serving.backend import Backend
 from serving.errors import ServingError
 from serving.logs import configure_logging
@@ -66,6 +67,8 @@ def run(
     settings = ServiceSettings(**overrides)  # environment first, flags win
     configure_logging(settings.log_level, settings.log_format)
     check_protobuf()
+    if settings.tracing and args.command == "serve" and settings.worker_count() == 1:
+        tracing.configure(prog.removeprefix("python -m "))
     if args.command == "serve" and settings.worker_count() > 1:
         # The supervisor builds no backend: only the workers import the framework.
         supervise(settings, module=prog.removeprefix("python -m "))

@@ -82,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gateway-port", type=int, default=8001)
     parser.add_argument("--tensorflow-port", type=int, default=8500)
     parser.add_argument("--pytorch-port", type=int, default=7070)
+    # Prometheus /metrics of each (deploy/monitoring/prometheus.yml scrapes these).
+    parser.add_argument("--gateway-metrics-port", type=int, default=8002)
+    parser.add_argument("--tensorflow-metrics-port", type=int, default=8502)
+    parser.add_argument("--pytorch-metrics-port", type=int, default=7072)
     opts = parser.parse_args(argv)
 
     started: list[Process] = []
@@ -99,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "tf_service",
             port=opts.tensorflow_port,
             args=["--model-repository", str(opts.models / "tensorflow")],
+            env={"TWINSERVE_METRICS_PORT": str(opts.tensorflow_metrics_port)},
         )
         started.append(tf)
         torch = launch(
@@ -106,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "torch_service",
             port=opts.pytorch_port,
             args=["--model-repository", str(opts.models / "pytorch")],
+            env={"TWINSERVE_METRICS_PORT": str(opts.pytorch_metrics_port)},
         )
         started.append(torch)
         gateway = launch(
@@ -115,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             env={
                 "TWINSERVE_GATEWAY_TENSORFLOW_URL": tf.address,
                 "TWINSERVE_GATEWAY_PYTORCH_URL": torch.address,
+                "TWINSERVE_GATEWAY_METRICS_PORT": str(opts.gateway_metrics_port),
             },
         )
         started.append(gateway)
@@ -122,7 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"\ntwinserve is up:\n"
             f"  gateway     {gateway.address}   (Open Inference Protocol, gRPC)\n"
             f"  tensorflow  {tf.address}\n"
-            f"  pytorch     {torch.address}\n\n"
+            f"  pytorch     {torch.address}\n"
+            f"  metrics     http://127.0.0.1:{opts.gateway_metrics_port}/metrics (gateway), "
+            f":{opts.tensorflow_metrics_port} (tensorflow), :{opts.pytorch_metrics_port} "
+            "(pytorch)\n\n"
             f"try:  .venv/bin/twinserve predict 1800 --framework tensorflow\n"
             f"      .venv/bin/twinserve predict 1800 --framework pytorch\n"
             f"Ctrl-C stops everything.\n",

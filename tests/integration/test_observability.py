@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -372,3 +373,37 @@ def test_streams_per_connection_are_bounded(
             assert prices(extra.result()) == pytest.approx([0.2], abs=1e-3)
         for call in held:
             assert prices(call.result()) == pytest.approx([360.0])
+
+
+# ---- the Grafana dashboard ----
+
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "monitoring" / "grafana-dashboard.json"
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _exposed_names(port: int) -> set[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in _SUFFIXES)
+    return names
+
+
+def test_the_dashboard_asks_only_for_metrics_that_exist(
+    aio: Any, seeded_repository: Callable[[], Path]
+) -> None:
+    wanted: set[str] = set()
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            wanted.update(re.findall(r"\b((?:twinserve|process)_[a-z_]+)\b", target["expr"]))
+    assert len(wanted) > 20
+    with (
+        aio.service(seeded_repository(), AffineBackend(), metrics_port=0) as service,
+        aio.gateway(tensorflow_url=f"127.0.0.1:{service.port}", metrics_port=0) as gateway,
+    ):
+        exposed = _exposed_names(_metrics_port(service)) | _exposed_names(_metrics_port(gateway))
+    # GPU memory is exposed only by a backend on a GPU.
+    missing = {name for name in wanted - exposed if not name.startswith("twinserve_device_")}
+    assert not missing

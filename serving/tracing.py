@@ -1,0 +1,118 @@
+"""OpenTelemetry traces, optional and off by default: every call a server span, and the
+gateway's calls to the services carrying the W3C `traceparent`, so one request through the
+gateway is one trace.
+
+Works without the packages installed (the `otel` extra): `configure` then says so and
+tracing stays off. Only `__main__` modules call `configure`; the rest asks `enabled()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import grpc
+
+__all__ = ["client_interceptors", "configure", "enabled", "server_span"]
+
+logger = logging.getLogger(__name__)
+
+_tracer: Any = None  # an opentelemetry Tracer once configured
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def configure(service_name: str, *, exporter: Any = None) -> bool:
+    """Installs a tracer provider exporting spans (OTLP over gRPC, to where the standard
+    OTEL_EXPORTER_OTLP_* variables say, unless `exporter` is given). False, with a warning,
+    when the OpenTelemetry packages are missing."""
+    global _tracer  # noqa: PLW0603 (process-wide, set once at start)
+    try:
+        from opentelemetry import trace  # noqa: PLC0415
+        from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    except ImportError:
+        logger.warning("tracing asked for, but OpenTelemetry is not installed (extra `otel`)")
+        return False
+    if exporter is None:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            logger.warning("tracing asked for, but the OTLP exporter is not installed")
+            return False
+        exporter = OTLPSpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _tracer = trace.get_tracer("twinserve")
+    return True
+
+
+def server_span(
+    method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> AbstractContextManager[Any]:
+    """The span of one call, a child of the caller's `traceparent` if it sent one; a no-op
+    while tracing is off."""
+    if _tracer is None:
+        return nullcontext()
+    from opentelemetry.propagate import extract  # noqa: PLC0415
+    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+
+    carrier = {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
+    return _tracer.start_as_current_span(  # type: ignore[no-any-return]
+        method.rpartition("/")[2],
+        context=extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.method": method},
+    )
+
+
+def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    from opentelemetry.propagate import inject  # noqa: PLC0415
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    metadata = grpc.aio.Metadata(*(tuple(details.metadata or ())))
+    for key, value in carrier.items():
+        metadata.add(key, value)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        return await continuation(_with_trace_context(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        return await continuation(_with_trace_context(details), request)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_trace_context(details), request_iterator)
+
+
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a channel to the services that send the current trace context along;
+    none while tracing is off (they cost a little on every call)."""
+    if _tracer is None:
+        return []
+    return [_UnaryUnary(), _UnaryStream(), _StreamStream()]

@@ -11,6 +11,7 @@ Exports are traced from that same rebuilt module, on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -97,6 +98,20 @@ class TorchBackend:
             # Process-wide: every model in this service shares one intra-op pool.
             torch.set_num_threads(threads)
         self.device = _check_device(device)
+
+    def device_stats(self) -> dict[str, float]:
+        """GPU memory (and utilisation where NVML answers) for the metrics
+        (`twinserve_device_*`); nothing on a CPU."""
+        device = torch.device(self.device)
+        if device.type != "cuda":
+            return {}
+        stats = {
+            "memory_allocated_bytes": float(torch.cuda.memory_allocated(device)),
+            "memory_reserved_bytes": float(torch.cuda.memory_reserved(device)),
+        }
+        with contextlib.suppress(Exception):  # NVML (pynvml) missing: memory only
+            stats["utilization_ratio"] = torch.cuda.utilization(device) / 100.0
+        return stats
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         """Trains on `spec.device` (or this backend's device) and writes CPU weights.

@@ -407,3 +407,39 @@ def test_the_dashboard_asks_only_for_metrics_that_exist(
     # GPU memory is exposed only by a backend on a GPU.
     missing = {name for name in wanted - exposed if not name.startswith("twinserve_device_")}
     assert not missing
+
+
+def test_deeply_nested_messages_are_invalid_argument(
+    aio: Any, seeded_repository: Callable[[], Path]
+) -> None:
+    """Unknown fields nest without bound on the wire (groups, length-delimited fields): the
+    parser's recursion limit refuses them, and the call is INVALID_ARGUMENT, not a crash."""
+    group = bytes([(15 << 3) | 3]) * 5000 + bytes([(15 << 3) | 4]) * 5000
+    delimited = b"x"
+    for _ in range(500):
+        delimited = bytes([(15 << 3) | 2]) + _varint(len(delimited)) + delimited
+    with (
+        aio.service(seeded_repository(), AffineBackend(framework="tensorflow")) as service,
+        aio.gateway(tensorflow_url=f"127.0.0.1:{service.port}") as gateway,
+    ):
+        for port in (service.port, gateway.port):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                raw = channel.unary_unary(INFER, request_serializer=bytes)
+                for message in (group, delimited):
+                    assert rpc_error(raw, message, timeout=5)[0] in (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        grpc.StatusCode.NOT_FOUND,  # parsed as unknown fields of a nameless request
+                    )
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                assert prices(stub.ModelInfer(price_request(1800.0), timeout=5)) == pytest.approx(
+                    [360.0]
+                )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

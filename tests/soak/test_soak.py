@@ -41,6 +41,8 @@ pytestmark = [
     pytest.mark.skipif(
         SOAK_S <= 0, reason="the soak runs in `make soak` (.ci/run), TWINSERVE_SOAK_S=300"
     ),
+    # Seeding both frameworks, the warm-up and the soak, past the suite's 300 s default.
+    pytest.mark.timeout(int(1.2 * SOAK_S) + 900),
 ]
 
 CONCURRENCY = 16

@@ -19,20 +19,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from serving.pb import inference_pb2 as pb
+from benchmarks.serving import price_request
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.stack import Process, launch
-
-
-def _request(framework: str | None, runtime: str = "") -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="house_price")
-    request.inputs.add(name="size_sqft", datatype="FP32", shape=[1, 1])
-    request.raw_input_contents.append(np.array([[1800.0]], np.float32).tobytes())
-    if framework:
-        request.parameters["framework"].string_param = framework
-    if runtime:
-        request.parameters["runtime"].string_param = runtime
-    return request
 
 
 def main() -> None:
@@ -83,7 +72,10 @@ def main() -> None:
         }
         channels = {name: grpc.insecure_channel(addr) for name, (addr, _, _) in targets.items()}
         calls = {
-            name: (pb_grpc.GRPCInferenceServiceStub(channels[name]).ModelInfer, _request(fw, rt))
+            name: (
+                pb_grpc.GRPCInferenceServiceStub(channels[name]).ModelInfer,
+                price_request(framework=fw or "", runtime=rt),
+            )
             for name, (_, fw, rt) in targets.items()
         }
         samples: dict[str, list[float]] = {name: [] for name in targets}

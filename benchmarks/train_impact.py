@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.latency import _request
+from benchmarks.serving import price_request
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
@@ -26,7 +26,7 @@ from serving.stack import Process, launch
 
 
 def _measure(stub: pb_grpc.GRPCInferenceServiceStub, count: int) -> np.ndarray:
-    request = _request(None)
+    request = price_request()
     samples = []
     for _ in range(count):
         start = time.perf_counter()

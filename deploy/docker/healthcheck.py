@@ -8,8 +8,9 @@ kubelet's native gRPC probe cannot speak). Reads the same settings as the server
 
 With TLS the server is verified against TWINSERVE_HEALTHCHECK_CA_FILE (else the CA that signs
 client certificates, else the system roots) under the name TWINSERVE_HEALTHCHECK_SERVER_NAME
-(default localhost); where client certificates are required, the server's own certificate is
-presented.
+(default localhost). Where client certificates are required, the check presents
+TWINSERVE_HEALTHCHECK_CERT_FILE and ..._KEY_FILE, else the server's own certificate (which then
+must allow client authentication: no extendedKeyUsage, or one with clientAuth).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def channel(prefix: str) -> grpc.Channel:
     root = _read("TWINSERVE_HEALTHCHECK_CA_FILE") or client_ca
     key, cert = None, None
     if client_ca is not None:
-        key, cert = _read(f"{prefix}TLS_KEY_FILE"), _read(f"{prefix}TLS_CERT_FILE")
+        own = "TWINSERVE_HEALTHCHECK_CERT_FILE" in os.environ
+        key = _read("TWINSERVE_HEALTHCHECK_KEY_FILE" if own else f"{prefix}TLS_KEY_FILE")
+        cert = _read("TWINSERVE_HEALTHCHECK_CERT_FILE" if own else f"{prefix}TLS_CERT_FILE")
     credentials = grpc.ssl_channel_credentials(root, key, cert)
     name = os.environ.get("TWINSERVE_HEALTHCHECK_SERVER_NAME", "localhost")
     return grpc.secure_channel(address, credentials, (("grpc.ssl_target_name_override", name),))

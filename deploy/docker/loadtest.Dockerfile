@@ -6,34 +6,42 @@ FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# On every stage, so `docker image prune --filter label=org.opencontainers.image.title=twinserve`
+# finds all of this project's images (the classic builder's stage cache included).
+LABEL org.opencontainers.image.title="twinserve"
+
+# The requirement lists, read from pyproject.toml. The stages below copy in the lists alone,
+# so an edit elsewhere in pyproject.toml (another extra, tool settings) rebuilds nothing.
+FROM base AS requirements
+WORKDIR /src
+COPY pyproject.toml deploy/docker/requirements.py ./
+RUN python3 requirements.py pyproject.toml --only grpcio-tools > tools.txt \
+    && python3 requirements.py pyproject.toml > core.txt \
+    && python3 requirements.py pyproject.toml --extra loadtest > extra.txt
 
 # Generated protobuf code is built, never committed: the same protoc call as `make proto`
 # (without the .pyi stubs' mypy plugin, which only type checking needs).
 FROM base AS proto
 WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-RUN python3 -m venv /opt/tools \
-    && /opt/tools/bin/pip install --no-cache-dir "$(python3 requirements.py pyproject.toml --only grpcio-tools)"
+COPY --from=requirements /src/tools.txt ./
+RUN python3 -m venv /opt/tools && /opt/tools/bin/pip install --no-cache-dir -r tools.txt
 COPY proto/ proto/
 RUN mkdir -p serving/pb/twinserve/v1 \
     && /opt/tools/bin/python -m grpc_tools.protoc -Iserving/pb=proto --python_out=. --pyi_out=. \
         --grpc_python_out=. proto/*.proto proto/*/*/*.proto \
     && touch serving/pb/__init__.py serving/pb/twinserve/__init__.py serving/pb/twinserve/v1/__init__.py
 
-# Dependencies alone, from pyproject.toml: rebuilt only when it changes. The core layer is
-# the same in every image, so a build reuses it from the one before.
+# Dependencies alone. The core layer is the same in every image: a build reuses the last one's.
 FROM base AS deps
 WORKDIR /src
-COPY pyproject.toml deploy/docker/requirements.py ./
-RUN python3 -m venv /opt/venv \
-    && python3 requirements.py pyproject.toml > requirements.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
-RUN python3 requirements.py pyproject.toml --extra loadtest > requirements-extra.txt \
-    && /opt/venv/bin/pip install --no-cache-dir -r requirements-extra.txt
+COPY --from=requirements /src/core.txt ./
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r core.txt
+COPY --from=requirements /src/extra.txt ./
+RUN /opt/venv/bin/pip install --no-cache-dir -r extra.txt
 
 # The code, installed apart (/opt/app) so a code change leaves the dependency layer alone.
 FROM deps AS build
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY serving/ serving/
 COPY loadtest/ loadtest/
 COPY --from=proto /src/serving/pb/ serving/pb/

@@ -74,8 +74,9 @@ def test_dockerfile_conventions(dockerfile: Any) -> None:
     stages = re.findall(r"^FROM ", text, flags=re.MULTILINE)
     assert len(stages) >= 3, "multi-stage: base, proto, build, runtime"
     assert re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.MULTILINE)
-    # Dependencies install from pyproject.toml before any source is copied in.
-    assert text.index("requirements.txt") < text.index("COPY serving/")
+    # Dependencies install from lists read out of pyproject.toml, before any source is copied.
+    assert "FROM base AS requirements" in text
+    assert text.index("-r core.txt") < text.index("COPY serving/")
     assert "grpc_tools.protoc" in text, "protobuf code is generated in the build"
     runtime = text[text.rindex("\nFROM ") :]
     assert re.search(r"^USER 10001:10001$", runtime, flags=re.MULTILINE)
@@ -289,19 +290,24 @@ def test_only_the_gateway_reaches_the_services(name: str) -> None:
 def test_models_live_on_a_claim_and_the_seed_job_fills_it(name: str) -> None:
     (claim,) = of_kind(name, "PersistentVolumeClaim")
     specs = pod_specs(name)
+    repositories = {}
     for workload in ("tf-service", "torch-service", "twinserve-seed"):
         volumes = {v["name"]: v for v in specs[workload]["volumes"]}
         assert volumes["models"]["persistentVolumeClaim"]["claimName"] == claim
-    seed = of_kind(name, "Job")["twinserve-seed"]["spec"]["template"]["spec"]
-    mounts = {
-        c["image"].split("/")[-1].split(":")[0]: (c["args"], c["volumeMounts"][0]["subPath"])
-        for c in seed["containers"]
-    }
+        for container in specs[workload]["containers"]:
+            mounts = {m["name"]: m for m in container["volumeMounts"]}
+            assert mounts["models"]["mountPath"] == "/models"
+            image = container["image"].split("/")[-1].split(":")[0]
+            repositories[workload, image] = env(container)["TWINSERVE_MODEL_REPOSITORY"]
     suffix = "-gpu" if name == "gpu" else ""
-    assert mounts == {
-        f"tf-service{suffix}": (["seed"], "tensorflow"),
-        f"torch-service{suffix}": (["seed"], "pytorch"),
+    assert repositories == {
+        ("tf-service", f"tf-service{suffix}"): "/models/tensorflow",
+        ("torch-service", f"torch-service{suffix}"): "/models/pytorch",
+        ("twinserve-seed", f"tf-service{suffix}"): "/models/tensorflow",
+        ("twinserve-seed", f"torch-service{suffix}"): "/models/pytorch",
     }
+    seed = specs["twinserve-seed"]
+    assert [c["args"] for c in seed["containers"]] == [["seed"], ["seed"]]
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

@@ -22,7 +22,7 @@ import pytest
 
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.stack import Process, launch
-from tests.integration.oip import SEED_MODEL, price_request, prices
+from tests.integration.oip import SEED_MODEL, eventually, price_request, prices
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,8 @@ def test_prometheus_scrapes_the_service_and_the_gateway(
     targets = [f"127.0.0.1:{service_metrics}", f"127.0.0.1:{gateway_metrics}"]
     prometheus = Prometheus(_prometheus_binary(), targets, tmp_path)
     try:
-        assert prometheus.scalar('count(up{job="twinserve"} == 1)') == 2
+        # Both targets up: the first answer may come after only one of them was scraped.
+        assert eventually(lambda: prometheus.scalar('count(up{job="twinserve"} == 1)') == 2, 30)
         ok = f'twinserve_inference_requests_total{{model="{SEED_MODEL}",code="OK"}}'
         with grpc.insecure_channel(gateway.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)

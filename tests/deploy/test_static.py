@@ -224,7 +224,7 @@ def test_every_server_container_is_probed_and_drains(name: str) -> None:
     for workload, deployment in of_kind(name, "Deployment").items():
         spec = deployment["spec"]["template"]["spec"]
         for container in spec["containers"]:
-            (port,) = [p["containerPort"] for p in container["ports"]]
+            (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 handler = container[probe]
                 if name == "tls":  # the kubelet's gRPC probes cannot speak TLS
@@ -338,3 +338,26 @@ def test_the_loadtest_job_targets_the_gateway_with_the_client_token() -> None:
     assert "gateway:8001" in container["args"]
     (token,) = [e for e in container["env"] if e["name"] == "TWINSERVE_TOKEN"]
     assert token["valueFrom"]["secretKeyRef"] == {"name": "twinserve-auth", "key": "token"}
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_server_exposes_metrics_to_monitoring_only(name: str) -> None:
+    for workload, deployment in of_kind(name, "Deployment").items():
+        template = deployment["spec"]["template"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == "8002", workload
+        for container in template["spec"]["containers"]:
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert ports["metrics"] == 8002, workload
+            assert "8002" in [v for k, v in env(container).items() if k.endswith("METRICS_PORT")]
+    for workload, service in of_kind(name, "Service").items():
+        assert "metrics" in [p["name"] for p in service["spec"]["ports"]], workload
+    (policy,) = [
+        p
+        for p in of_kind(name, "NetworkPolicy").values()
+        if p["metadata"]["name"].startswith("metrics")
+    ]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8002}]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }

@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/*.proto proto/*/*/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
-.PHONY: run test venv proto lint fmt seed bench loadtest clean prometheus soak
+.PHONY: run test venv proto lint fmt seed bench peers loadtest clean prometheus soak
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,8 +45,22 @@ test: $(PB_STAMP) prometheus
 	$(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
+# The serving benchmark (issue #6): floor, every service and runtime, workers, gateway,
+# batching off/on, and the peers KServe and MLServer when `make peers` has installed them;
+# the table goes into docs/benchmarks.md. BENCH_ARGS='--soak-s 300' adds the memory soak.
+PEERS_DIR := .peers
 bench: $(PB_STAMP)
-	$(PY) -m benchmarks.latency --models $(MODELS)
+	$(PY) -m benchmarks.serving --models $(MODELS) --write docs/benchmarks.md \
+		$(if $(wildcard $(PEERS_DIR)/kserve/bin/python),--kserve-python $(PEERS_DIR)/kserve/bin/python) \
+		$(if $(wildcard $(PEERS_DIR)/mlserver/bin/python),--mlserver-python $(PEERS_DIR)/mlserver/bin/python) \
+		$(BENCH_ARGS)
+
+# Peers for `make bench`, each in a virtual environment of its own (their pins clash with ours).
+peers:
+	test -x $(PEERS_DIR)/kserve/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/kserve
+	$(PEERS_DIR)/kserve/bin/pip install --quiet kserve==0.21.0
+	test -x $(PEERS_DIR)/mlserver/bin/python || $(PYTHON) -m venv $(PEERS_DIR)/mlserver
+	$(PEERS_DIR)/mlserver/bin/pip install --quiet mlserver==1.7.1
 
 # The latency matrix (house_price: every framework, runtime and path on the CPU; GPU cells say
 # why they did not run), reported under loadtest-report/. More: LOADTEST_ARGS='--models

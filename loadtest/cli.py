@@ -8,6 +8,7 @@ python -m loadtest --gateway gateway:8001 --tensorflow tf:8500 --pytorch torch:7
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     remote.add_argument("--gateway", help="HOST:PORT of a gateway")
     remote.add_argument("--tensorflow", help="HOST:PORT of a TensorFlow service")
     remote.add_argument("--pytorch", help="HOST:PORT of a PyTorch service")
+    remote.add_argument(
+        "--token",
+        default=os.environ.get("TWINSERVE_TOKEN"),
+        help="bearer token for a gateway that requires one (default: $TWINSERVE_TOKEN)",
+    )
     return p
 
 
@@ -93,11 +99,21 @@ class _Run:
             if w.model == "house_price":
                 continue
             for framework, address in endpoints.direct.items():
-                self.progress.note(ensure_model(w.spec, framework, address, via_gateway=False))
+                self.progress.note(
+                    ensure_model(
+                        w.spec, framework, address, via_gateway=False, metadata=endpoints.metadata
+                    )
+                )
             if not endpoints.direct and endpoints.gateway:
                 for framework in self.frameworks:
                     self.progress.note(
-                        ensure_model(w.spec, framework, endpoints.gateway, via_gateway=True)
+                        ensure_model(
+                            w.spec,
+                            framework,
+                            endpoints.gateway,
+                            via_gateway=True,
+                            metadata=endpoints.metadata,
+                        )
                     )
         references = References()
         for target in targets:
@@ -114,7 +130,9 @@ class _Run:
                 for f, a in (("tensorflow", self.args.tensorflow), ("pytorch", self.args.pytorch))
                 if a
             }
-            self.measure(Endpoints(direct, self.args.gateway), targets, pool)
+            token = self.args.token
+            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            self.measure(Endpoints(direct, self.args.gateway, metadata=metadata), targets, pool)
             return
         runnable = list(targets)
         frameworks = list(self.frameworks)

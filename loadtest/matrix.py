@@ -95,10 +95,12 @@ def address_of(target: Target, endpoints: Endpoints) -> str | None:
     return endpoints.direct.get(target.framework)
 
 
-def _call(address: str, request: bytes) -> pb.ModelInferResponse:
+def _call(
+    address: str, request: bytes, metadata: tuple[tuple[str, str], ...] = ()
+) -> pb.ModelInferResponse:
     with grpc.insecure_channel(address) as channel:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(MODEL_INFER)
-        return pb.ModelInferResponse.FromString(call(request, timeout=60))
+        return pb.ModelInferResponse.FromString(call(request, timeout=60, metadata=metadata))
 
 
 class References:
@@ -119,7 +121,8 @@ class References:
                 native = Target(*key[:2], target.device, target.framework, "native", "direct")
                 address = address_of(native, endpoints) or endpoints.gateway or ""
                 answer = output_array(
-                    _call(address, workload.request(target.framework, "")), output
+                    _call(address, workload.request(target.framework, ""), endpoints.metadata),
+                    output,
                 )
                 atol = _REFERENCE_TOLERANCE * max(1.0, float(np.max(np.abs(answer))))
                 self._answers[key] = OutputClose.of(output, answer, atol)
@@ -148,7 +151,7 @@ def run_target(
         if address is None:
             raise LookupError(f"no {target.path} endpoint for {target.framework} was given")
         checker = references.checker(target, workload, endpoints)
-        verdict = checker(_call(address, request).SerializeToString())
+        verdict = checker(_call(address, request, endpoints.metadata).SerializeToString())
         if verdict is not None:
             raise ValueError(f"wrong answer: {verdict}")
     except grpc.RpcError as exc:
@@ -167,6 +170,7 @@ def run_target(
             duration_s=duration_s,
             warmup_s=warmup_s,
             checker=checker,
+            metadata=endpoints.metadata,
         )
         status = "ok" if result.ok and not result.failures else "failed"
         reason = ""

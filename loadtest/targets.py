@@ -27,6 +27,8 @@ class Endpoints:
     direct: dict[str, str] = field(default_factory=dict)
     gateway: str | None = None
     echo: str | None = None  # the floor: a bare gRPC server with a canned answer
+    # Sent with every call: the bearer token of a gateway that requires one.
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @contextlib.contextmanager

@@ -78,10 +78,17 @@ class Workload:
         return request.SerializeToString()
 
 
-def ensure_model(spec: ModelSpec, framework: str, address: str, *, via_gateway: bool) -> str:
+def ensure_model(
+    spec: ModelSpec,
+    framework: str,
+    address: str,
+    *,
+    via_gateway: bool,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> str:
     """Trains `spec` on `framework` behind `address` unless it is ready there; returns what
-    was done, for the log."""
-    metadata = (("x-framework", framework),) if via_gateway else ()
+    was done, for the log. `metadata` goes with every call (a bearer token)."""
+    metadata = (*metadata, ("x-framework", framework)) if via_gateway else metadata
     with grpc.insecure_channel(address) as channel:
         try:
             ready = pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(
@@ -97,7 +104,8 @@ def ensure_model(spec: ModelSpec, framework: str, address: str, *, via_gateway: 
         )
         request.dataset.builtin = spec.dataset
         last = ""
-        for event in tpb_grpc.TrainingServiceStub(channel).Train(request, timeout=900):
+        stub = tpb_grpc.TrainingServiceStub(channel)
+        for event in stub.Train(request, metadata=metadata, timeout=900):
             kind = event.WhichOneof("event")
             if kind == "error":
                 raise RuntimeError(f"training {spec.name} on {framework} failed: {event.error}")

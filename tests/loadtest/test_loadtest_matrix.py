@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +93,52 @@ def test_gpu_reasons_combine_framework_and_onnx_runtime() -> None:
     assert gpu_unavailable("tensorflow", "onnx", reasons) == (
         "TensorFlow: no GPU; ONNX Runtime: no CUDA provider"
     )
+
+
+def test_a_gateway_that_requires_a_token_is_loaded_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repository = tmp_path / "models"
+    quiet = {"TWINSERVE_LOG_LEVEL": "WARNING", "TWINSERVE_REPOSITORY_POLL_S": "0"}
+    seed = [sys.executable, "-m", "tests.integration.fake_service", "seed"]
+    subprocess.run(
+        [*seed, "--model-repository", str(repository)],
+        check=True,
+        env={**os.environ, **quiet},
+        timeout=60,
+    )
+    service = launch(
+        "fake", "tests.integration.fake_service", ["--model-repository", str(repository)], env=quiet
+    )
+    try:
+        gateway = launch(
+            "gateway",
+            "gateway",
+            env={
+                "TWINSERVE_GATEWAY_TENSORFLOW_URL": service.address,
+                "TWINSERVE_GATEWAY_AUTH_TOKENS": '["s3cret"]',
+                "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING",
+            },
+        )
+        try:
+            args = ["--gateway", gateway.address, "--frameworks", "tensorflow"]
+            args += ["--concurrency", "1", "--duration", "0.2", "--warmup", "0", "--clients", "1"]
+
+            def native(out: Path) -> dict[str, str]:
+                cells = json.loads((out / "report.json").read_text())["cells"]
+                (cell,) = [c for c in cells if c["path"] == "gateway" and c["runtime"] == "native"]
+                return cell
+
+            monkeypatch.delenv("TWINSERVE_TOKEN", raising=False)
+            main([*args, "--out", str(tmp_path / "without")])
+            refused = native(tmp_path / "without")
+            assert refused["status"] == "not available"
+            assert "UNAUTHENTICATED" in refused["reason"]
+
+            monkeypatch.setenv("TWINSERVE_TOKEN", "s3cret")  # as the Kubernetes Job passes it
+            main([*args, "--out", str(tmp_path / "with")])
+            assert native(tmp_path / "with")["status"] == "ok"
+        finally:
+            gateway.stop()
+    finally:
+        service.stop()

@@ -136,7 +136,7 @@ class DataPlane:
                 if loaded.batching is None:
                     queue_ns = 0
                     compute_start = time.perf_counter_ns()
-                    outputs = await self._call(loaded, runtime, model, arrays)
+                    outputs = await self._call(loaded, runtime, model, arrays, rows)
                     compute_ns = time.perf_counter_ns() - compute_start
                     self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)
                     self.metrics.executed(loaded.name, loaded.version, runtime, rows)
@@ -187,9 +187,13 @@ class DataPlane:
         )
 
     async def _call(
-        self, loaded: LoadedVersion, runtime: str, model: Model, arrays: dict[str, np.ndarray]
+        self,
+        loaded: LoadedVersion,
+        runtime: str,
+        model: Model,
+        arrays: dict[str, np.ndarray],
+        rows: int,
     ) -> dict[str, np.ndarray]:
-        rows = len(next(iter(arrays.values())))
         cost = loaded.call_ns.get(runtime)
         if cost is not None and cost <= self._inline_max_ns and rows <= self._inline_max_rows:
             return model.predict(arrays)
@@ -202,7 +206,9 @@ class DataPlane:
             assert loaded.batching is not None
 
             async def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                return await self._call(loaded, runtime, model, arrays)
+                return await self._call(
+                    loaded, runtime, model, arrays, len(next(iter(arrays.values())))
+                )
 
             def on_batch(rows: int, compute_ns: int) -> None:
                 self.stats.record_execution(loaded.name, loaded.version, rows, compute_ns)

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.server import write_port_file
@@ -39,8 +39,11 @@ class _Worker:
     index: int
     command: list[str]
     env: dict[str, str]
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] = field(init=False)
     restarts: int = 0
+
+    def __post_init__(self) -> None:
+        self.start()
 
     def start(self) -> None:
         self.popen = subprocess.Popen(self.command, env=self.env)
@@ -108,8 +111,7 @@ def supervise(settings: ServiceSettings, module: str, *, start_timeout: float = 
             str(settings.model_repository),
         ]
         env = {**base_env, "TWINSERVE_WORKER_INDEX": str(index)}
-        worker = _Worker(index, command, env, subprocess.Popen(command, env=env))
-        workers.append(worker)
+        workers.append(_Worker(index, command, env))
     try:
         _wait_for_ports(workers, files, start_timeout)
         logger.info(

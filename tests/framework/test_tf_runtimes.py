@@ -4,12 +4,9 @@ architecture trained once per module."""
 
 from __future__ import annotations
 
-import functools
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +14,12 @@ import onnx
 import pytest
 
 from serving.architectures import get, signature_for
-from serving.backend import Model, TrainSpec
-from serving.datasets import Dataset, load_builtin, validation_split
+from serving.backend import Model
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE, OnnxModel
+from serving.onnx_model import ONNX_FILE
 from serving.repository import VersionMeta
 from serving.runtimes import export_runtimes
+from tests.framework.exports import ARCHITECTURES, Exported, dataset, train_and_export
 
 pytest.importorskip("tensorflow")
 
@@ -31,57 +28,11 @@ from tf_service import TFBackend
 
 pytestmark = pytest.mark.framework
 
-ARCHITECTURES = ["linear", "mlp", "cnn"]
-DATASETS = {"linear": "house_price", "mlp": "house_features", "cnn": "digits"}
 EXPORTED = ["tflite", "onnx"]
 
 
-@functools.cache
-def _dataset(architecture: str) -> Dataset:
-    return load_builtin(DATASETS[architecture])
-
-
-@dataclass
-class Exported:
-    """A trained version directory with both exports, and how long each export took."""
-
-    spec: TrainSpec
-    path: Path
-    export_seconds: dict[str, float]
-
-    def load(self, backend: TFBackend, runtime: str) -> Model:
-        if runtime == "onnx":  # what the core does (serving.runtimes.load_runtime)
-            return OnnxModel(self.path / ONNX_FILE, [self.spec.input_name], [self.spec.output_name])
-        return backend.load(self.path, self.spec.architecture, runtime)
-
-    def predict(self, model: Model, x: np.ndarray) -> np.ndarray:
-        return model.predict({self.spec.input_name: x})[self.spec.output_name]
-
-
 def _train_and_export(backend: TFBackend, path: Path, architecture: str) -> Exported:
-    data, defaults = _dataset(architecture), get(architecture)
-    x, y, x_val, y_val = validation_split(data.x_train, data.y_train, 0.2, seed=0)
-    spec = TrainSpec(
-        architecture,
-        x,
-        y,
-        x_val,
-        y_val,
-        input_name=data.input_name,
-        output_name=data.output_name,
-        task=data.task,
-        num_classes=data.num_classes,
-        epochs=defaults.epochs,
-        batch_size=defaults.batch_size,
-        learning_rate=defaults.learning_rate,
-    )
-    backend.train(spec, path)
-    seconds = {}
-    for runtime in EXPORTED:
-        started = time.perf_counter()
-        backend.export(path, architecture, runtime)
-        seconds[runtime] = time.perf_counter() - started
-    return Exported(spec, path, seconds)
+    return train_and_export(backend, path, architecture, EXPORTED)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +95,7 @@ def test_export_matches_native_on_held_out_inputs(
     runtime: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    x = _dataset(exported.spec.architecture).x_test
+    x = dataset(exported.spec.architecture).x_test
     native, answer = _native_and(backend, exported, runtime, x)
     assert answer.shape == native.shape
     assert answer.dtype == np.float32
@@ -182,7 +133,7 @@ def test_tflite_is_converted_from_the_frozen_graph(linear_tflite: Model, linear:
 def test_batch_size_changes_between_calls(
     backend: TFBackend, exported: Exported, runtime: str
 ) -> None:
-    x = _dataset(exported.spec.architecture).x_test
+    x = dataset(exported.spec.architecture).x_test
     native = exported.load(backend, "native")
     model = exported.load(backend, runtime)
     for batch in (x[:1], x[1:6], x[6:7], x[7:12]):  # 1, 5, 1, 5: TFLite resizes each time
@@ -229,7 +180,7 @@ def test_core_accepts_both_exports(backend: TFBackend, linear: Exported, tmp_pat
             get("linear"), linear.spec.x, linear.spec.input_name, linear.spec.output_name, 0
         ),
     )
-    info = export_runtimes(backend, version, meta, _dataset("linear").x_test[:16])
+    info = export_runtimes(backend, version, meta, dataset("linear").x_test[:16])
     assert {name: entry["status"] for name, entry in info.items()} == dict.fromkeys(
         ["native", "tflite", "onnx"], "ok"
     )

@@ -5,12 +5,9 @@ weights, not good ones)."""
 
 from __future__ import annotations
 
-import functools
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,70 +16,24 @@ import pytest
 import torch
 
 from serving.architectures import get, signature_for
-from serving.backend import Model, TrainSpec
-from serving.datasets import Dataset, load_builtin, validation_split
+from serving.backend import Model
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE, OnnxModel
+from serving.onnx_model import ONNX_FILE
 from serving.repository import VersionMeta
 from serving.runtimes import export_runtimes
+from tests.framework.exports import ARCHITECTURES, Exported, dataset, train_and_export
 from torch_service import TorchBackend
 from torch_service.backend import CONFIG_FILE, WEIGHTS_FILE
 from torch_service.runtimes import TORCHSCRIPT_FILE, load_torchscript
 
 pytestmark = pytest.mark.framework
 
-ARCHITECTURES = ["linear", "mlp", "cnn"]
-DATASETS = {"linear": "house_price", "mlp": "house_features", "cnn": "digits"}
 EPOCHS = {"linear": 200, "mlp": 2, "cnn": 2}  # linear's default: it must answer 360
 EXPORTED = ["torchscript", "onnx"]
 
 
-@functools.cache
-def _dataset(architecture: str) -> Dataset:
-    return load_builtin(DATASETS[architecture])
-
-
-@dataclass
-class Exported:
-    """A trained version directory with both exports, and how long each export took."""
-
-    spec: TrainSpec
-    path: Path
-    export_seconds: dict[str, float]
-
-    def load(self, backend: TorchBackend, runtime: str) -> Model:
-        if runtime == "onnx":  # what the core does (serving.runtimes.load_runtime)
-            return OnnxModel(self.path / ONNX_FILE, [self.spec.input_name], [self.spec.output_name])
-        return backend.load(self.path, self.spec.architecture, runtime)
-
-    def predict(self, model: Model, x: np.ndarray) -> np.ndarray:
-        return model.predict({self.spec.input_name: x})[self.spec.output_name]
-
-
 def _train_and_export(backend: TorchBackend, path: Path, architecture: str) -> Exported:
-    data, defaults = _dataset(architecture), get(architecture)
-    x, y, x_val, y_val = validation_split(data.x_train, data.y_train, 0.2, seed=0)
-    spec = TrainSpec(
-        architecture,
-        x,
-        y,
-        x_val,
-        y_val,
-        input_name=data.input_name,
-        output_name=data.output_name,
-        task=data.task,
-        num_classes=data.num_classes,
-        epochs=EPOCHS[architecture],
-        batch_size=defaults.batch_size,
-        learning_rate=defaults.learning_rate,
-    )
-    backend.train(spec, path)
-    seconds = {}
-    for runtime in EXPORTED:
-        started = time.perf_counter()
-        backend.export(path, architecture, runtime)
-        seconds[runtime] = time.perf_counter() - started
-    return Exported(spec, path, seconds)
+    return train_and_export(backend, path, architecture, EXPORTED, epochs=EPOCHS[architecture])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +89,7 @@ def test_export_matches_native_on_held_out_inputs(
     runtime: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    x = _dataset(exported.spec.architecture).x_test
+    x = dataset(exported.spec.architecture).x_test
     native, model = exported.load(backend, "native"), exported.load(backend, runtime)
     expected, answer = exported.predict(native, x), exported.predict(model, x)
     native.close()
@@ -173,7 +124,7 @@ def test_batch_size_changes_between_calls(
     backend: TorchBackend, exported: Exported, runtime: str
 ) -> None:
     """Traced with a batch of two, served with 1 and 5: no batch size is baked in."""
-    x = _dataset(exported.spec.architecture).x_test
+    x = dataset(exported.spec.architecture).x_test
     native = exported.load(backend, "native")
     model = exported.load(backend, runtime)
     for batch in (x[:1], x[1:6], x[6:7], x[7:12]):
@@ -217,7 +168,7 @@ def test_core_accepts_both_exports(backend: TorchBackend, linear: Exported, tmp_
             get("linear"), linear.spec.x, linear.spec.input_name, linear.spec.output_name, 0
         ),
     )
-    info = export_runtimes(backend, version, meta, _dataset("linear").x_test[:16])
+    info = export_runtimes(backend, version, meta, dataset("linear").x_test[:16])
     assert {name: entry["status"] for name, entry in info.items()} == dict.fromkeys(
         ["native", "torchscript", "onnx"], "ok"
     )

@@ -41,8 +41,13 @@ run: seed
 # processes: tritonclient registers the same `inference.*` protobuf symbols as
 # our generated code, and one process's descriptor pool cannot hold both.
 # tests/deploy (Docker images, Compose, Kubernetes) runs in `make test-deploy`, not here.
+# TensorFlow's oneDNN kernels (on by default on Intel CPUs) fail differently from the portable
+# ones (a wrong-rank convolution aborts the process), so the TensorFlow backend suites run
+# under both settings whatever CPU this is.
+TF_SUITES := tests/framework/test_tf_backend.py tests/framework/test_tf_runtimes.py
 test: $(PB_STAMP) prometheus
-	$(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(TF_SUITES) $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
 
 # The serving benchmark (issue #6): floor, every service and runtime, workers, gateway,

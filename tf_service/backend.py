@@ -76,6 +76,39 @@ def _placement(device: str) -> contextlib.AbstractContextManager[Any]:
     return tf.device(device) if _needs_scope(device) else contextlib.nullcontext()
 
 
+class _InputCheck:
+    """One signature input: its dtype and shape, checked before TensorFlow sees a tensor.
+
+    Not only a nicety: oneDNN's kernels (TensorFlow's default on Intel CPUs) abort the whole
+    process on some inputs they were not built for (a convolution fed the wrong rank calls
+    `abort()` in `MklDnnConvUtil`), where the portable kernels raise. So the backend refuses
+    anything the signature does not declare, whatever its caller validated."""
+
+    def __init__(self, name: str, spec: tf.TensorSpec) -> None:
+        self.name = name
+        self.dtype: tf.DType = spec.dtype
+        self.np_dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        self.shape: list[int | None] = spec.shape.as_list()
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype.name} {self.shape}"
+
+    def tensor(self, array: np.ndarray) -> tf.Tensor:
+        if not np.can_cast(array.dtype, self.np_dtype, casting="same_kind"):
+            raise InvalidInput(
+                f"input '{self.name}' must be {self.dtype.name}, got NumPy {array.dtype}"
+            )
+        if len(array.shape) != len(self.shape) or any(
+            want is not None and got != want
+            for got, want in zip(array.shape, self.shape, strict=True)
+        ):
+            raise InvalidInput(
+                f"input '{self.name}' has shape {list(array.shape)}, the model expects "
+                f"{self.shape} (None is any size)"
+            )
+        return tf.constant(array, self.dtype)
+
+
 class _LoadedModel:
     """A loaded SavedModel version; concrete functions are safe to call from many threads."""
 
@@ -84,10 +117,8 @@ class _LoadedModel:
         self._loaded: Any = loaded
         self._function: Any = function
         _, kwargs = function.structured_input_signature
-        self._input_dtypes: dict[str, tf.DType] = {name: s.dtype for name, s in kwargs.items()}
-        self._expected = ", ".join(
-            f"{name} {spec.dtype.name} {spec.shape.as_list()}" for name, spec in kwargs.items()
-        )
+        self._inputs = [_InputCheck(name, spec) for name, spec in kwargs.items()]
+        self._expected = ", ".join(check.describe() for check in self._inputs)
         self._device = device
         self._scoped = _needs_scope(device)
 
@@ -95,19 +126,18 @@ class _LoadedModel:
         function = self._function  # one read: close() may run concurrently
         if function is None:
             raise ModelNotReady("the model version was unloaded")
-        missing = self._input_dtypes.keys() - inputs.keys()
+        missing = [check.name for check in self._inputs if check.name not in inputs]
         if missing:
-            raise InvalidInput(f"missing model input(s): {', '.join(sorted(missing))}")
+            raise InvalidInput(
+                f"missing model input(s): {', '.join(sorted(missing))}; "
+                f"the model expects {self._expected}"
+            )
+        tensors = {check.name: check.tensor(inputs[check.name]) for check in self._inputs}
         try:
             with tf.device(self._device) if self._scoped else contextlib.nullcontext():
-                outputs = function(
-                    **{
-                        name: tf.constant(inputs[name], dtype)
-                        for name, dtype in self._input_dtypes.items()
-                    }
-                )
+                outputs = function(**tensors)
         except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
-            # The core validates inputs first; this is the backstop for a caller that did not.
+            # The checks above cover what the signature declares; this is what is left.
             raise InvalidInput(f"the model expects {self._expected}") from exc
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 

@@ -217,9 +217,39 @@ def test_classification_metrics(cnn: Run) -> None:
     assert cnn.reports[0][1]["loss"] > metrics["loss"]
 
 
-def test_cnn_rejects_flat_inputs(cnn_model: Model) -> None:
+# oneDNN's convolution (TensorFlow's default on Intel CPUs) aborts the process on a wrong rank
+# instead of raising: the backend must refuse these before TensorFlow sees them, whoever calls
+# it. `make test` runs this module under TF_ENABLE_ONEDNN_OPTS=0 and =1.
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((2, 64), np.float32),  # flat rows: rank 2
+        np.zeros((2, 8, 8), np.float32),  # rank 3
+        np.zeros((2, 8, 8, 1, 1), np.float32),  # rank 5
+        np.zeros((8, 8, 1), np.float32),  # one image without its batch dimension
+        np.zeros((2, 8, 8, 3), np.float32),  # colour
+        np.zeros((2, 4, 4, 1), np.float32),  # smaller images
+    ],
+    ids=["rank2", "rank3", "rank5", "unbatched", "channels", "size"],
+)
+def test_cnn_rejects_inputs_its_signature_does_not_declare(
+    cnn_model: Model, image: np.ndarray
+) -> None:
     with pytest.raises(InvalidInput, match=r"\[None, 8, 8, 1\]"):
-        cnn_model.predict({"image": np.zeros((2, 64), np.float32)})
+        cnn_model.predict({"image": image})
+
+
+def test_cnn_rejects_a_datatype_that_does_not_cast(cnn_model: Model) -> None:
+    with pytest.raises(InvalidInput, match="must be float32"):
+        cnn_model.predict({"image": np.full((1, 8, 8, 1), b"x", dtype=object)})
+
+
+def test_cnn_refusals_keep_it_serving(cnn_model: Model) -> None:
+    for bad in (np.zeros((2, 64), np.float32), np.zeros((1, 8, 8, 2), np.float32)):
+        with pytest.raises(InvalidInput):
+            cnn_model.predict({"image": bad})
+    out = cnn_model.predict({"image": np.zeros((3, 8, 8, 1), np.float32)})
+    assert next(iter(out.values())).shape == (3, 10)
 
 
 # --- every architecture -----------------------------------------------------------------------

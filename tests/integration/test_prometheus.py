@@ -91,6 +91,18 @@ class Prometheus:
             assert time.monotonic() < deadline, f"no value for {expression}: {result}"
             time.sleep(0.5)
 
+    def settle(self, expression: str, expected: float, timeout: float = 30.0) -> float:
+        """The value of `expression` once it reaches `expected` (a counter that was scraped
+        before its last increments catches up a scrape later), or the last value seen at the
+        deadline. Each assertion waits on its own series: one series being current says
+        nothing of another target's."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.scalar(expression, timeout)
+            if value == expected or time.monotonic() >= deadline:
+                return value
+            time.sleep(0.5)
+
     def stop(self) -> None:
         self.popen.terminate()
         self.popen.wait(15)
@@ -159,20 +171,20 @@ def test_prometheus_scrapes_the_service_and_the_gateway(
                 assert prices(stub.ModelInfer(price_request(1800.0), timeout=5)) == pytest.approx(
                     [360.0], abs=1e-3
                 )
-        deadline = time.monotonic() + 30
-        while prometheus.scalar(f"sum({ok})") < REQUESTS + 1:
-            assert time.monotonic() < deadline, "the counter never reached the requests sent"
-            time.sleep(0.5)
-        assert prometheus.scalar(f"sum({ok})") == REQUESTS + 1
+        assert prometheus.settle(f"sum({ok})", REQUESTS + 1) == REQUESTS + 1
         p90 = prometheus.scalar(
             "histogram_quantile(0.9, sum by (le) "
             "(increase(twinserve_inference_request_duration_seconds_bucket[1m])))"
         )
         assert 0 < p90 < 1.0
-        handled = 'twinserve_grpc_server_handled_total{method=~".*/ModelInfer",code="OK"}'
-        # Each request counted twice: by the gateway and by the service.
-        assert prometheus.scalar(f"sum({handled})") == 2 * (REQUESTS + 1)
-        assert prometheus.scalar("sum(twinserve_gateway_replica_healthy)") == 1
+        # Each request counted once by the gateway and once by the service.
+        for target in targets:
+            series = (
+                'sum(twinserve_grpc_server_handled_total{method=~".*/ModelInfer",code="OK",'
+                f'instance="{target}"}})'
+            )
+            assert prometheus.settle(series, REQUESTS + 1) == REQUESTS + 1, target
+        assert prometheus.settle("sum(twinserve_gateway_replica_healthy)", 1) == 1
         assert (
             prometheus.scalar(f'sum(process_resident_memory_bytes{{instance="{targets[0]}"}})') > 0
         )

@@ -1,12 +1,15 @@
 """The model repository on disk: `<root>/<model>/<version>/` with a `model.json` per version.
 
-A version directory is complete or absent: it is written under a hidden temporary name and
-renamed into place, so a crash mid-write leaves no half version, and hidden or unreadable
-directories found later are skipped with a warning.
+A version directory is complete or absent: it is written under a hidden temporary name,
+fsynced, and renamed into place under the next free number (claimed at commit time, so
+concurrent writers sharing a repository get distinct versions), so a crash or power cut
+mid-write leaves no half version; hidden or unreadable directories found later are skipped
+with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -14,7 +17,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +27,7 @@ from serving.errors import InvalidInput, ModelNotFound, RepositoryError, Version
 from serving.model_config import CONFIG_FILE, ModelConfig
 from serving.types import Signature, TensorSpec
 
-__all__ = ["META_FILE", "ModelRepository", "VersionMeta"]
+__all__ = ["META_FILE", "ModelRepository", "StagedVersion", "VersionMeta"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,32 +130,34 @@ class ModelRepository:
             raise RepositoryError(f"{meta_path} is not valid version metadata: {exc}") from exc
 
     @contextmanager
-    def new_version(self, model: str) -> Iterator[tuple[int, Path]]:
-        """Yields (version, temporary directory); on clean exit the directory becomes
-        `<model>/<version>` atomically, on error it is removed."""
+    def new_version(self, model: str) -> Iterator[StagedVersion]:
+        """Yields a staging directory to write a new version of `model` into. On clean exit
+        the directory is made durable and becomes `<model>/<N>` with the next free number,
+        picked now rather than at the start (a concurrent writer may have committed
+        meanwhile), and `version` says which; on error it is removed."""
         directory = self.root / check_model_name(model)
         created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        # Past every numbered directory, complete or not: renaming onto a half-written
-        # version directory would fail after the work is done.
-        taken = [int(p.name) for p in directory.iterdir() if p.name.isdecimal()]
-        version = max(taken, default=0) + 1
-        staging = directory / f".tmp-{uuid.uuid4().hex}"
-        staging.mkdir()
+        staged = StagedVersion(directory / f".tmp-{uuid.uuid4().hex}")
+        # parents: a concurrent writer's failed first version may just have removed the
+        # model directory.
+        staged.path.mkdir(parents=True)
         try:
-            yield version, staging
-            if not (staging / META_FILE).is_file():
+            yield staged
+            if not (staged.path / META_FILE).is_file():
                 raise RepositoryError(f"new version of '{model}' was written without metadata")
-            # rename() is atomic within one filesystem; a concurrent writer that took the
-            # same number makes it fail rather than overwrite.
-            os.rename(staging, directory / str(version))
+            _sync_tree(staged.path)
+            staged.version = _claim(staged.path, directory)
+            _fsync_dir(directory)
+            if created:
+                _fsync_dir(self.root)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            if staged.path.exists():
+                shutil.rmtree(staged.path, ignore_errors=True)
             # A new model whose first version failed leaves nothing behind (an empty
             # directory would show up as a model that cannot load).
-            if created and not any(directory.iterdir()):
-                directory.rmdir()
+            if created and staged.version == 0:
+                with suppress(OSError):  # not empty: another writer's version is in it
+                    directory.rmdir()
 
     @staticmethod
     def write_meta(directory: Path, meta: VersionMeta) -> None:
@@ -163,3 +168,75 @@ class ModelRepository:
 def _with_created(meta: VersionMeta) -> VersionMeta:
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return VersionMeta(**{**asdict(meta), "signature": meta.signature, "created": now})
+
+
+@dataclass(slots=True)
+class StagedVersion:
+    """A version being written: `path` while it is staged, `version` once committed."""
+
+    path: Path
+    version: int = 0
+
+
+# Attempts at claiming a number before giving up: each failure means another writer
+# committed that number in between, so this many means something else is wrong.
+_CLAIM_ATTEMPTS = 100
+
+
+def _claim(staging: Path, directory: Path) -> int:
+    """Renames `staging` to the next free version number of `directory` and returns it.
+
+    mkdir is the claim: it fails if the number exists, whereas rename(2) would silently
+    replace an empty directory. The rename then replaces the empty claimed directory
+    atomically. A collision (another writer claimed the number first) moves on to the
+    next number."""
+    for _ in range(_CLAIM_ATTEMPTS):
+        # Past every numbered directory, complete or not: a half-written one is someone's.
+        taken = [int(p.name) for p in directory.iterdir() if p.name.isdecimal()]
+        version = max(taken, default=0) + 1
+        target = directory / str(version)
+        try:
+            target.mkdir()
+        except FileExistsError:
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError as exc:
+            # A writer that renames without claiming replaced our empty claim first.
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                continue
+            with suppress(OSError):
+                target.rmdir()
+            raise
+        return version
+    raise RepositoryError(
+        f"could not claim a version number in {directory} after {_CLAIM_ATTEMPTS} attempts"
+    )
+
+
+def _sync_tree(root: Path) -> None:
+    """Flushes every file under `root`, then every directory bottom-up, then `root`: after a
+    power cut the renamed version then holds what was written, not empty files."""
+    for current, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(current, name)
+            if path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for name in dirs:
+            if not Path(current, name).is_symlink():
+                _fsync_dir(Path(current, name))
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: Path) -> None:
+    # A directory's fsync makes its entries (a rename, a new file) durable.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

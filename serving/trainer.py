@@ -8,11 +8,52 @@ from dataclasses import replace
 
 import numpy as np
 
+from serving import architectures
+from serving.architectures import signature_for
 from serving.backend import Backend, Model, TrainSpec
+from serving.errors import ModelNotFound, RepositoryError, SignatureChanged
 from serving.repository import ModelRepository, VersionMeta
 from serving.runtimes import export_runtimes
+from serving.types import Signature, TensorSpec
 
-__all__ = ["evaluate", "train_version"]
+__all__ = ["check_signature", "evaluate", "served_signature", "train_version"]
+
+
+def served_signature(repository: ModelRepository, model: str) -> Signature | None:
+    """The signature of the newest readable version of `model` (the one a request without a
+    version gets), or None for a model with none."""
+    try:
+        versions = repository.versions(model)
+    except ModelNotFound:
+        return None
+    for version in reversed(versions):
+        try:
+            return repository.read_meta(model, version).signature
+        except RepositoryError:
+            continue  # unreadable: not served either
+    return None
+
+
+def _describe(signature: Signature) -> str:
+    def specs(tensors: tuple[TensorSpec, ...]) -> str:
+        return ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in tensors)
+
+    return f"inputs ({specs(signature.inputs)}) -> outputs ({specs(signature.outputs)})"
+
+
+def check_signature(
+    model: str, served: Signature | None, new: Signature, *, replace: bool
+) -> None:
+    """Refuses (SignatureChanged) a new version whose inputs or outputs differ from the
+    served one's: every client of the model would start failing the moment it is served.
+    `replace` (the request's `replace_signature`) says that is what the client wants."""
+    if served is None or replace or served == new:
+        return
+    raise SignatureChanged(
+        f"model '{model}' serves {_describe(served)}; this training would serve "
+        f"{_describe(new)}, and its current clients would fail. Train under another model "
+        "name, or set replace_signature in the TrainRequest to replace the signature"
+    )
 
 
 def evaluate(predictions: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]:
@@ -46,12 +87,28 @@ def train_version(
     *,
     hyperparameters: Mapping[str, object] | None = None,
     test: tuple[np.ndarray, np.ndarray] | None = None,
+    replace_signature: bool = False,
 ) -> tuple[int, dict[str, float]]:
     """Trains `spec` and stores it as the next version of `model`. Returns the version and
     its metrics: the backend's (the last epoch's EPOCH_METRICS and train_seconds), held-out
     test metrics when `test` is given, and for `linear` the end-to-end weight and bias.
-    Any exception (a cancelled job, a failed training) leaves no version."""
-    with repository.new_version(model) as (version, staging):
+    A version whose signature differs from the served one's is refused (SignatureChanged)
+    unless `replace_signature`. Any exception (a cancelled job, a failed training, that
+    refusal) leaves no version."""
+    expected = signature_for(
+        architectures.get(spec.architecture),
+        spec.x,
+        spec.input_name,
+        spec.output_name,
+        spec.num_classes,
+    )
+    # Before training too: a job queued behind one that changed the signature learns it now
+    # rather than after its whole run.
+    check_signature(
+        model, served_signature(repository, model), expected, replace=replace_signature
+    )
+    with repository.new_version(model) as staged:
+        staging = staged.path
         result = backend.train(spec, staging)
         metrics = dict(result.metrics)
         trained = backend.load(staging, spec.architecture)
@@ -78,4 +135,13 @@ def train_version(
         )[:256]
         meta = replace(meta, runtimes=export_runtimes(backend, staging, meta, probe))
         repository.write_meta(staging, meta)
-    return version, metrics
+        # Checked again just before the commit: a version committed since the job started
+        # (another job, a copy into the repository) may have changed what is served.
+        check_signature(
+            model,
+            served_signature(repository, model),
+            result.signature,
+            replace=replace_signature,
+        )
+    # The number is picked at commit: another writer may have taken the next one meanwhile.
+    return staged.version, metrics

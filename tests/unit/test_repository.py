@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,10 +33,10 @@ def repo(tmp_path: Path) -> ModelRepository:
 
 
 def _write_version(repo: ModelRepository, model: str, payload: str = "w") -> int:
-    with repo.new_version(model) as (version, staging):
-        (staging / "weights.txt").write_text(payload)
-        repo.write_meta(staging, META)
-    return version
+    with repo.new_version(model) as staged:
+        (staged.path / "weights.txt").write_text(payload)
+        repo.write_meta(staged.path, META)
+    return staged.version
 
 
 def _leftovers(directory: Path) -> list[str]:
@@ -50,12 +52,14 @@ def test_versions_are_numbered_from_one(repo: ModelRepository) -> None:
 
 
 def test_staging_directory_is_hidden_until_the_context_exits(repo: ModelRepository) -> None:
-    with repo.new_version("m") as (version, staging):
-        assert version == 1
+    with repo.new_version("m") as staged:
+        assert staged.version == 0  # not numbered until it is committed
+        staging = staged.path
         assert staging.parent == repo.root / "m"
         assert staging.name.startswith(".tmp-")
         assert repo.versions("m") == []
         repo.write_meta(staging, META)
+    assert staged.version == 1
     assert repo.versions("m") == [1]
     assert not staging.exists()
 
@@ -64,10 +68,10 @@ def test_exception_inside_the_context_leaves_nothing(repo: ModelRepository) -> N
     _write_version(repo, "m")
     with (
         pytest.raises(RuntimeError, match="training blew up"),
-        repo.new_version("m") as (_, staging),
+        repo.new_version("m") as staged,
     ):
-        (staging / "weights.txt").write_text("half")
-        repo.write_meta(staging, META)
+        (staged.path / "weights.txt").write_text("half")
+        repo.write_meta(staged.path, META)
         raise RuntimeError("training blew up")
     assert _leftovers(repo.root / "m") == ["1"]
     assert repo.versions("m") == [1]
@@ -78,12 +82,9 @@ def test_exception_inside_the_context_leaves_nothing(repo: ModelRepository) -> N
 def test_version_without_metadata_is_refused(repo: ModelRepository) -> None:
     with (
         pytest.raises(RepositoryError, match="without metadata"),
-        repo.new_version("m") as (
-            _,
-            staging,
-        ),
+        repo.new_version("m") as staged,
     ):
-        (staging / "weights.txt").write_text("w")
+        (staged.path / "weights.txt").write_text("w")
     # The model was new: nothing of it is left, not even an empty directory.
     assert not (repo.root / "m").exists()
     assert repo.models() == []
@@ -179,3 +180,112 @@ def test_unknown_model(repo: ModelRepository) -> None:
         repo.read_meta("m", 7)
     with pytest.raises(ModelNotFound):
         repo.read_meta("nope", 1)
+
+
+def test_the_number_is_picked_at_commit_not_at_start(repo: ModelRepository) -> None:
+    # Two writers of one model overlapping (two replicas training it): the one that started
+    # first commits last and gets the next number instead of failing on the same one.
+    with repo.new_version("m") as first:
+        (first.path / "weights.txt").write_text("first")
+        repo.write_meta(first.path, META)
+        assert _write_version(repo, "m", "second") == 1
+    assert first.version == 2
+    assert repo.versions("m") == [1, 2]
+    assert (repo.path("m", 2) / "weights.txt").read_text() == "first"
+    assert _leftovers(repo.root / "m") == ["1", "2"]
+
+
+def test_a_number_claimed_by_another_writer_moves_on_to_the_next(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_version(repo, "m")
+    model_dir = repo.root / "m"
+    mkdir = Path.mkdir
+
+    def other_writer_claims_first(self: Path, *args: Any, **kwargs: Any) -> None:
+        # Another process commits version 2 between this writer's scan and its claim.
+        if self == model_dir / "2" and not self.exists():
+            mkdir(self)
+            repo.write_meta(self, META)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_writer_claims_first)
+    assert _write_version(repo, "m", "mine") == 3
+    assert repo.versions("m") == [1, 2, 3]
+    assert (repo.path("m", 3) / "weights.txt").read_text() == "mine"
+
+
+def test_a_writer_that_renames_onto_the_claim_moves_on_to_the_next(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rename(2) replaces an empty directory: a writer that renames without claiming can take
+    # the number between this writer's claim and its rename.
+    rename = os.rename
+    raced: list[str] = []
+
+    def other_writer_renames_first(src: Any, dst: Any) -> None:
+        if not raced:
+            raced.append(str(dst))
+            other = repo.root / "m" / ".tmp-other"
+            other.mkdir()
+            repo.write_meta(other, META)
+            rename(other, dst)
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", other_writer_renames_first)
+    assert _write_version(repo, "m", "mine") == 2
+    assert raced == [str(repo.root / "m" / "1")]
+    assert repo.versions("m") == [1, 2]
+    assert not (repo.path("m", 1) / "weights.txt").exists()
+    assert (repo.path("m", 2) / "weights.txt").read_text() == "mine"
+
+
+def test_files_and_directories_are_fsynced_around_the_rename(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[str, str]] = []
+    fsync, rename = os.fsync, os.rename
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_rename(src: Any, dst: Any) -> None:
+        events.append(("rename", str(dst)))
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "rename", recording_rename)
+    with repo.new_version("m") as staged:
+        staging = str(staged.path)
+        (staged.path / "variables").mkdir()
+        (staged.path / "variables" / "data.bin").write_bytes(b"\0" * 10)
+        (staged.path / "weights.txt").write_text("w")
+        repo.write_meta(staged.path, META)
+    model_dir = str(repo.root / "m")
+    rename_at = events.index(("rename", f"{model_dir}/1"))
+    before = {path for kind, path in events[:rename_at]}
+    after = [path for kind, path in events[rename_at + 1 :]]
+    # Every file and directory of the version, contents before the directories holding them.
+    assert before == {
+        f"{staging}/variables/data.bin",
+        f"{staging}/variables",
+        f"{staging}/weights.txt",
+        f"{staging}/{META_FILE}",
+        staging,
+    }
+    assert events[rename_at - 1] == ("fsync", staging)
+    # Then the rename itself, and the new model's entry in the root.
+    assert after == [model_dir, str(repo.root)]
+
+
+def test_no_fsync_or_rename_when_the_writer_fails(
+    repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    with pytest.raises(RuntimeError), repo.new_version("m") as staged:
+        repo.write_meta(staged.path, META)
+        raise RuntimeError("training blew up")
+    assert calls == []
+    assert not (repo.root / "m").exists()

@@ -68,11 +68,16 @@ class GatewaySettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
-    # Bearer tokens clients must send as metadata `authorization: Bearer <token>` (health and
-    # reflection stay open): TWINSERVE_GATEWAY_AUTH_TOKENS='["token-1", "token-2"]' and/or a
-    # file of one token a line. None configured: no authentication.
+    # Bearer tokens of the `admin` scope clients must send as `authorization: Bearer <token>`
+    # (health and reflection stay open): TWINSERVE_GATEWAY_AUTH_TOKENS='["token-1", "token-2"]'
+    # and/or a file of one token a line. None configured (nor infer ones): no authentication.
     auth_tokens: list[SecretStr] = []
     auth_tokens_file: Path | None = None
+    # Tokens of the `infer` scope (the tokens above are `admin`): they may infer and read
+    # (metadata, statistics, jobs) but not Train, CancelJob or RepositoryModelLoad/Unload,
+    # which answer them PERMISSION_DENIED. TWINSERVE_GATEWAY_INFER_AUTH_TOKENS and/or a file.
+    infer_auth_tokens: list[SecretStr] = []
+    infer_auth_tokens_file: Path | None = None
     # TLS towards the services, on when any upstream_tls_* file is set: the CA that signed
     # their certificates (None: the system roots), this gateway's client certificate and key
     # for services that require one (mutual TLS), and the name their certificates carry when

@@ -9,6 +9,7 @@
     ├── BackendUnavailable (UNAVAILABLE)
     ├── ResourceExhausted (RESOURCE_EXHAUSTED)
     ├── Unauthenticated (UNAUTHENTICATED): a missing or wrong bearer token
+    ├── PermissionDenied (PERMISSION_DENIED): a token without the scope a call needs
     ├── Unsupported (UNIMPLEMENTED)
     ├── RepositoryError (FAILED_PRECONDITION)
     ├── RuntimeUnavailable (FAILED_PRECONDITION): a runtime this version does not offer
@@ -31,6 +32,7 @@ __all__ = [
     "ModelNotFound",
     "ModelNotReady",
     "NotFound",
+    "PermissionDenied",
     "RepositoryError",
     "ResourceExhausted",
     "RuntimeUnavailable",
@@ -83,6 +85,10 @@ class ResourceExhausted(ServingError):
 
 class Unauthenticated(ServingError):
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServingError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unsupported(ServingError):

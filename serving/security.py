@@ -5,10 +5,16 @@ and with a client CA as well it requires and verifies client certificates (mutua
 server without tokens lets every caller in; with tokens, each call must carry metadata
 `authorization: Bearer <token>` naming one of them. Health and reflection stay open, so
 probes and tooling need no secret.
+
+Tokens have a scope. An `infer` token may use everything that reads or infers; the calls
+that change what is served (`ADMIN_METHODS`: training, job cancel, repository load and
+unload) need an `admin` token, which may do everything. The wrong scope is answered
+PERMISSION_DENIED (a missing or unknown token UNAUTHENTICATED), before any servicer runs.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -20,14 +26,19 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
-from serving.errors import Unauthenticated
+from serving.errors import PermissionDenied, ServingError, Unauthenticated
+from serving.pb import inference_pb2
+from serving.pb.twinserve.v1 import training_pb2
 
 __all__ = [
+    "ADMIN_METHODS",
     "OPEN_SERVICES",
     "BearerTokenAuth",
     "BearerTokenClient",
+    "Scope",
     "channel_credentials",
     "load_tokens",
+    "required_scope",
     "server_credentials",
     "server_security",
     "token_auth",
@@ -45,6 +56,34 @@ OPEN_SERVICES = (
 
 MISSING_TOKEN = "missing bearer token (send metadata 'authorization: Bearer <token>')"
 INVALID_TOKEN = "invalid bearer token"
+
+
+class Scope(enum.Enum):
+    """What a token may do; `admin` includes `infer`."""
+
+    INFER = "infer"
+    ADMIN = "admin"
+
+
+def _method(descriptor: Any, service: str, name: str) -> str:
+    return f"/{descriptor.services_by_name[service].full_name}/{name}"
+
+
+# The calls that change which models are served, or a job that will: Train serves the
+# version it trains, CancelJob stops another caller's job. Only admin tokens may make them,
+# on a service and on the gateway alike (the gateway serves the same method names).
+ADMIN_METHODS = frozenset(
+    {
+        _method(inference_pb2.DESCRIPTOR, "GRPCInferenceService", "RepositoryModelLoad"),
+        _method(inference_pb2.DESCRIPTOR, "GRPCInferenceService", "RepositoryModelUnload"),
+        _method(training_pb2.DESCRIPTOR, "TrainingService", "Train"),
+        _method(training_pb2.DESCRIPTOR, "TrainingService", "CancelJob"),
+    }
+)
+
+
+def required_scope(method: str) -> Scope:
+    return Scope.ADMIN if method in ADMIN_METHODS else Scope.INFER
 
 
 def _read(path: Path | None) -> bytes | None:
@@ -111,13 +150,25 @@ def load_tokens(tokens: Iterable[str], file: Path | None = None) -> list[str]:
     return found
 
 
-def token_auth(tokens: Iterable[str], file: Path | None = None) -> list[grpc.aio.ServerInterceptor]:
+def token_auth(
+    admin: Iterable[str],
+    admin_file: Path | None = None,
+    infer: Iterable[str] = (),
+    infer_file: Path | None = None,
+) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors a server needs for these tokens: none when there are none."""
-    found = load_tokens(tokens, file)
-    if not found:
+    admin_tokens = load_tokens(admin, admin_file)
+    infer_tokens = load_tokens(infer, infer_file)
+    if not admin_tokens and not infer_tokens:
         return []
-    logger.info("bearer-token authentication on (%d token(s))", len(found))
-    return [BearerTokenAuth(found)]
+    logger.info(
+        "bearer-token authentication on (%d admin, %d infer token(s))",
+        len(admin_tokens),
+        len(infer_tokens),
+    )
+    if not admin_tokens:
+        logger.info("no admin token: training, job cancel and model load/unload are refused")
+    return [BearerTokenAuth(admin_tokens, infer_tokens)]
 
 
 class ServerSecuritySettings(Protocol):
@@ -129,17 +180,33 @@ class ServerSecuritySettings(Protocol):
     tls_client_ca_file: Path | None
     auth_tokens: list[SecretStr]
     auth_tokens_file: Path | None
+    infer_auth_tokens: list[SecretStr]
+    infer_auth_tokens_file: Path | None
+
+
+PLAINTEXT_TOKENS = (
+    "bearer tokens are required but the port serves plaintext: tokens travel in clear "
+    "(set tls_cert_file and tls_key_file, or keep the port on a trusted network)"
+)
 
 
 def server_security(
     settings: ServerSecuritySettings,
 ) -> tuple[grpc.ServerCredentials | None, list[grpc.aio.ServerInterceptor]]:
-    """(TLS credentials or None, authentication interceptors) for a server's settings."""
+    """(TLS credentials or None, authentication interceptors) for a server's settings.
+    Called once per server start, so its plaintext warning appears once."""
     credentials = server_credentials(
         settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
     )
-    tokens = [token.get_secret_value() for token in settings.auth_tokens]
-    return credentials, token_auth(tokens, settings.auth_tokens_file)
+    interceptors = token_auth(
+        [token.get_secret_value() for token in settings.auth_tokens],
+        settings.auth_tokens_file,
+        [token.get_secret_value() for token in settings.infer_auth_tokens],
+        settings.infer_auth_tokens_file,
+    )
+    if interceptors and credentials is None:
+        logger.warning(PLAINTEXT_TOKENS)
+    return credentials, interceptors
 
 
 # ---- the server side: a grpc.aio interceptor ----
@@ -148,9 +215,8 @@ if TYPE_CHECKING:  # generic only in the type stubs
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
-def _refusal(handler: Handler, message: str) -> Handler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED."""
-    error = Unauthenticated(message)
+def _refusal(handler: Handler, error: ServingError) -> Handler:
+    """A handler of the same kind as `handler` that answers `error`'s status."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(error.code, error.message)
@@ -177,30 +243,65 @@ def _refusal(handler: Handler, message: str) -> Handler:
 
 class BearerTokenAuth(grpc.aio.ServerInterceptor):
     """Lets a call through only if its `authorization` metadata is `Bearer <token>` for one
-    of `tokens`; others are answered UNAUTHENTICATED before any servicer code runs. Tokens
-    are compared in constant time, against every configured token."""
+    of the tokens, with the scope the method needs (`admin` tokens may call everything,
+    `infer` tokens all but `ADMIN_METHODS`); others are answered UNAUTHENTICATED (no or an
+    unknown token) or PERMISSION_DENIED (too narrow a scope) before any servicer code runs.
+    Tokens are compared in constant time, against every configured token."""
 
     def __init__(
-        self, tokens: Iterable[str], *, open_services: Iterable[str] = OPEN_SERVICES
+        self,
+        admin: Iterable[str],
+        infer: Iterable[str] = (),
+        *,
+        open_services: Iterable[str] = OPEN_SERVICES,
     ) -> None:
-        self._tokens = tuple(token.encode() for token in tokens)
+        admin_tokens = {token.encode() for token in admin}
+        # A token listed in both keeps the wider scope.
+        self._tokens = tuple(
+            [(token, Scope.ADMIN) for token in sorted(admin_tokens)]
+            + [
+                (token.encode(), Scope.INFER)
+                for token in infer
+                if token.encode() not in admin_tokens
+            ]
+        )
         if not self._tokens:
             raise ValueError("token authentication needs at least one token")
         self._open = tuple(f"/{service}/" for service in open_services)
 
-    def refusal(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-        """Why a call with this metadata is refused, or None if it may go through."""
+    def scope(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Scope:
+        """The scope of the token in this metadata; Unauthenticated without a known one."""
         values = [v for k, v in metadata or () if k == "authorization" and isinstance(v, str)]
         if not values:
-            return MISSING_TOKEN
+            raise Unauthenticated(MISSING_TOKEN)
         scheme, _, given = values[0].partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            return MISSING_TOKEN
+            raise Unauthenticated(MISSING_TOKEN)
         presented = given.strip().encode()
-        matched = False
-        for token in self._tokens:  # no early exit: the time does not depend on which matched
-            matched |= hmac.compare_digest(token, presented)
-        return None if matched else INVALID_TOKEN
+        found: Scope | None = None
+        for token, scope in self._tokens:  # no early exit: the time does not tell which matched
+            if hmac.compare_digest(token, presented):
+                found = scope
+        if found is None:
+            raise Unauthenticated(INVALID_TOKEN)
+        return found
+
+    def refusal(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> ServingError | None:
+        """Why a call of `method` with this metadata is refused, or None if it may go through."""
+        try:
+            scope = self.scope(metadata)
+        except Unauthenticated as exc:
+            return exc
+        needed = required_scope(method)
+        if needed is Scope.ADMIN and scope is not Scope.ADMIN:
+            name = method.rpartition("/")[2]
+            return PermissionDenied(
+                f"{name} needs a token with the '{needed.value}' scope; "
+                f"this token has the '{scope.value}' scope"
+            )
+        return None
 
     async def intercept_service(
         self,
@@ -211,10 +312,10 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(self._open):
             return handler
-        reason = self.refusal(handler_call_details.invocation_metadata)
+        reason = self.refusal(method, handler_call_details.invocation_metadata)
         if reason is None:
             return handler
-        logger.debug("refused %s: %s", method, reason)
+        logger.debug("refused %s: %s", method, reason.message)
         return _refusal(handler, reason)
 
 

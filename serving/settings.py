@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
     # one token a line. None configured: no authentication.
     auth_tokens: list[SecretStr] = []
     auth_tokens_file: Path | None = None
+    # Tokens of the `infer` scope (the tokens above are `admin`): they may infer and read
+    # (metadata, statistics, jobs) but not Train, CancelJob or RepositoryModelLoad/Unload,
+    # which answer them PERMISSION_DENIED. TWINSERVE_INFER_AUTH_TOKENS and/or a file.
+    infer_auth_tokens: list[SecretStr] = []
+    infer_auth_tokens_file: Path | None = None
 
     def worker_metrics_port(self) -> int | None:
         """This worker's metrics port: the setting, offset by the worker's index."""

@@ -54,6 +54,21 @@ def _kind(arrays: Arrays) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
     return tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in arrays.items()))
 
 
+def _rows(arrays: Arrays) -> int:
+    """The request's batch size. Every input must have it: a batch is cut back into requests
+    by row counts, so one input with more rows than another would hand rows of one request to
+    its neighbours in the batch (Triton refuses this too: "batch size does not match")."""
+    counts = {name: a.shape[0] if a.ndim else 0 for name, a in arrays.items()}
+    rows = next(iter(counts.values()))
+    if len(set(counts.values())) > 1 or rows == 0:
+        found = ", ".join(f"'{name}' has {count}" for name, count in counts.items())
+        raise InvalidInput(
+            "every input of a batched model needs the same number of rows, at least one "
+            f"(the first dimension is the batch): {found}; send one row per sample in each input"
+        )
+    return rows
+
+
 class Batcher:
     def __init__(self, config: BatchingConfig, run: Run, *, instances: int, on_batch: OnBatch):
         self.config = config
@@ -70,7 +85,7 @@ class Batcher:
         return len(self._queue)
 
     async def submit(self, arrays: Arrays) -> BatchResult:
-        rows = len(next(iter(arrays.values())))
+        rows = _rows(arrays)
         limit = self.config.max_batch_size
         if rows > limit:
             raise InvalidInput(

@@ -196,3 +196,34 @@ def test_a_bad_batching_configuration_keeps_the_model_out_with_the_reason(
     (entry,) = [m for m in index.models if m.name == SEED_MODEL]
     assert entry.state == "UNAVAILABLE"
     assert "preferred_batch_size 8 exceeds max_batch_size 4" in entry.reason
+
+
+def _two_input_request(sizes: list[float], extra_rows: int, id: str = "") -> pb.ModelInferRequest:
+    request = price_request(*sizes, id=id)
+    extra = np.zeros((extra_rows, 1), np.float32)
+    request.inputs.add(name="extra", datatype="FP32", shape=extra.shape)
+    request.raw_input_contents.append(extra.tobytes())
+    return request
+
+
+def test_a_two_input_request_whose_inputs_differ_in_rows_is_invalid(
+    aio: AioThread, seeded_repository: Callable[[], Path]
+) -> None:
+    # house_price declared with a second input (the fake model reads only the first): rows of
+    # one request's inputs must line up, or a batch would hand them to other requests.
+    root = seeded_repository()
+    meta_path = root / SEED_MODEL / "1" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["signature"]["inputs"].append({"name": "extra", "datatype": "FP32", "shape": [-1, 1]})
+    meta_path.write_text(json.dumps(meta))
+    with stub_for(aio, root, BATCHING) as stub:
+        code, details = rpc_error(
+            stub.ModelInfer, _two_input_request([1800, 1000], extra_rows=1), timeout=5
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "same number of rows" in details and "'extra' has 1" in details
+        # Matching rows are served, batched, each request its own rows.
+        requests = [_two_input_request([1000 + i, 2000 + i], 2, id=f"r{i}") for i in range(8)]
+        for index, response in enumerate(_fire(stub, requests)):
+            got = np.frombuffer(_raw(response), np.float32).tolist()
+            assert got == pytest.approx([0.2 * (1000 + index), 0.2 * (2000 + index)], abs=1e-2)

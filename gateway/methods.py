@@ -5,10 +5,11 @@ over a service's replicas. `Upstream.stub` and `Upstream.training` are these tab
     ONE      one replica, in turn; never retried (Train: it starts a job)
     RETRIED  one replica, in turn; on UNAVAILABLE (or CANCELLED by the server) again on
              another, within the retry budget
-             (the idempotent calls: inference, metadata, statistics, the index)
+             (the idempotent calls: inference, metadata, the index)
     EVERY    every replica (model load and unload: a model is on all of them or none)
     OWNER    the replica that runs the job (the others answer NOT_FOUND)
-    MERGED   every replica, the answers merged (ListJobs)
+    MERGED   every replica, the answers merged (ListJobs; ModelStatistics, whose entries
+             `gateway.statistics` then sums)
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class InferenceMethods:
         "inference", "ModelConfig", Policy.RETRIED
     )
     ModelStatistics = Unary[pb.ModelStatisticsRequest, pb.ModelStatisticsResponse](
-        "inference", "ModelStatistics", Policy.RETRIED
+        "inference", "ModelStatistics", Policy.MERGED
     )
     ModelInfer = Unary[pb.ModelInferRequest, pb.ModelInferResponse](
         "inference", "ModelInfer", Policy.RETRIED

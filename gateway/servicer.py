@@ -13,6 +13,7 @@ import grpc
 
 from gateway.routing import FRAMEWORK_PARAM, Router
 from gateway.shadow import Shadow
+from gateway.statistics import merge_statistics, statistics_frameworks
 from gateway.upstream import Upstream
 from serving.codec import param_from_pb
 from serving.interceptor import stream_infer
@@ -116,8 +117,29 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
     ) -> pb.ModelStatisticsResponse:
-        upstream = self._pick(request.name, context)
-        return await upstream.call(upstream.stub.ModelStatistics, request, self._deadline(context))
+        """Every replica's statistics of the frameworks that served the model, summed (see
+        `gateway.statistics`); a framework whose services all fail to answer is left out
+        unless every framework fails."""
+        metadata = _metadata(context)
+        frameworks = statistics_frameworks(
+            request.name,
+            self.router.explicit(metadata),
+            self.router.policy(request.name),
+            self.router.default,
+            self.upstreams,
+        )
+        if not frameworks:  # none of the model's frameworks has a service here
+            frameworks = [self.router.choose(request.name, metadata)]  # raises why
+        timeout = self._deadline(context)
+        targets = [self.upstreams[self.router.check(f)] for f in frameworks]
+        results = await asyncio.gather(
+            *(u.call(u.stub.ModelStatistics, request, timeout) for u in targets),
+            return_exceptions=True,
+        )
+        answers = [r for r in results if not isinstance(r, BaseException)]
+        if not answers:
+            raise next(r for r in results if isinstance(r, BaseException))
+        return merge_statistics(answers)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context

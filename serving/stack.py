@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 __all__ = ["Process", "launch"]
 
@@ -50,8 +51,10 @@ def launch(
     env: Mapping[str, str] | None = None,
     port: int = 0,
     timeout: float = 120.0,
+    stderr: IO[bytes] | None = None,
 ) -> Process:
-    """Starts `python -m module serve --port PORT`, waits until it listens, returns it."""
+    """Starts `python -m module serve --port PORT`, waits until it listens, returns it.
+    `stderr`: where its log goes (a file a test reads), else this process's stderr."""
     port_file = Path(tempfile.mkdtemp(prefix="twinserve-")) / f"{name}.port"
     command = [
         sys.executable,
@@ -64,7 +67,7 @@ def launch(
         str(port_file),
         *args,
     ]
-    popen = subprocess.Popen(command, env={**os.environ, **(env or {})})
+    popen = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=stderr)
     deadline = time.monotonic() + timeout
     while not port_file.exists():
         if popen.poll() is not None:

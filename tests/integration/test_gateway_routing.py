@@ -8,8 +8,7 @@ import json
 import logging
 import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 
+from gateway import policy
 from gateway.policy import PolicyError
 from gateway.server import Gateway, create_server
 from gateway.settings import GatewaySettings
@@ -167,8 +167,12 @@ def test_explicit_choice_wins_over_split_and_shadow(
         # An explicit choice is not shadowed either.
         pt = price_request(1.0, model=TORCH_ONLY, parameters={"framework": "pytorch"})
         assert front.served_by(pt) == "pytorch"
-        time.sleep(0.1)
-        assert front.shadow_stats(TORCH_ONLY).served == 0
+        # A shadowed call after it is counted (the count is taken before the answer goes
+        # back); the explicit one before it must not have been.
+        assert front.served_by(price_request(1.0, model=TORCH_ONLY)) == "pytorch"
+        assert eventually(lambda: front.shadow_stats(TORCH_ONLY).mirrored >= 1)
+        stats = front.shadow_stats(TORCH_ONLY)
+        assert (stats.served, stats.mirrored) == (1, 1)
         # The runtime parameter passes through unchanged.
         onnx = price_request(1800.0, parameters={"framework": "tensorflow", "runtime": "onnx"})
         response = front.stub.ModelInfer(onnx, timeout=10)
@@ -272,9 +276,12 @@ def test_a_bad_policy_file_keeps_the_last_good_one(
     backends: Backends,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    *,
+    monkeypatch: pytest.MonkeyPatch,
     case: tuple[str, str],
 ) -> None:
     bad, fragment = case
+    looks = _count_looks(monkeypatch)
     path = _policy_file(tmp_path, {SEED_MODEL: {"framework": "pytorch"}})
     with (
         caplog.at_level(logging.ERROR, logger="gateway.policy"),
@@ -282,17 +289,39 @@ def test_a_bad_policy_file_keeps_the_last_good_one(
     ):
         _rewrite(path, bad)
         assert eventually(lambda: any(str(path) in r.getMessage() for r in caplog.records))
-        (record,) = caplog.records  # logged once, not on every look
+        (record,) = caplog.records
         assert fragment in record.getMessage().lower()
-        time.sleep(0.2)
+        # Logged once, not on every look: the watcher looks three more times in silence.
+        seen = looks()
+        assert eventually(lambda: looks() >= seen + 3)
         assert len(caplog.records) == 1
         assert front.served_by(price_request(1800.0)) == "pytorch"
-        # Removing the file keeps the policy too; a good file again is applied.
+        # Removing the file keeps the policy too (the watcher reports it, once); a good file
+        # again is applied.
         path.unlink()
-        time.sleep(0.2)
+        assert eventually(lambda: len(caplog.records) == 2)
+        assert "cannot read" in caplog.records[1].getMessage()
         assert front.served_by(price_request(1800.0)) == "pytorch"
+        seen = looks()
+        assert eventually(lambda: looks() >= seen + 3)
+        assert len(caplog.records) == 2
         _rewrite(path, json.dumps({SEED_MODEL: {"framework": "tensorflow"}}))
         assert eventually(lambda: front.served_by(price_request(1800.0)) == "tensorflow")
+
+
+def _count_looks(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Counts the routing-file watcher's looks at the file (each one stats it), so a test
+    can wait for looks instead of sleeping through them."""
+    count = 0
+    real = policy._signature
+
+    def counted(path: Path) -> tuple[int, int, int]:
+        nonlocal count
+        count += 1
+        return real(path)
+
+    monkeypatch.setattr(policy, "_signature", counted)
+    return lambda: count
 
 
 def test_a_bad_policy_file_at_start_stops_the_start(aio: Any, tmp_path: Path) -> None:
@@ -350,20 +379,28 @@ def test_a_held_shadow_never_delays_the_client_and_excess_shadows_are_dropped(
     settings = {
         "routing_file": _policy_file(tmp_path, SHADOW),
         "shadow_max_in_flight": 2,
-        "shadow_timeout_s": 1.0,
+        "shadow_timeout_s": 300.0,  # held until the gate opens, however slow the machine
     }
     with _front(aio, backends, **settings) as front, _held(backends.pytorch_gate):
         for _ in range(6):
-            started = time.perf_counter()
+            # Its shadow is held: a client that waited for it would miss its own deadline.
             response = front.stub.ModelInfer(price_request(1800.0), timeout=5)
-            assert time.perf_counter() - started < 0.5  # a held shadow would take 1 s
             assert prices(response) == OK([TF_PRICE], abs=1e-3)
         stats = front.shadow_stats()
         assert (stats.served, stats.mirrored, stats.dropped, stats.in_flight) == (6, 2, 4, 2)
-        # The held shadows end at their own deadline, as failures.
-        assert eventually(lambda: front.shadow_stats().failed == 2)
+        assert (stats.failed, stats.compared) == (0, 0)
+
+
+def test_a_held_shadow_ends_at_its_own_deadline_as_a_failure(
+    aio: Any, backends: Backends, tmp_path: Path
+) -> None:
+    settings = {"routing_file": _policy_file(tmp_path, SHADOW), "shadow_timeout_s": 0.2}
+    with _front(aio, backends, **settings) as front, _held(backends.pytorch_gate):
+        response = front.stub.ModelInfer(price_request(1800.0), timeout=5)
+        assert prices(response) == OK([TF_PRICE], abs=1e-3)
+        assert eventually(lambda: front.shadow_stats().failed == 1)
         stats = front.shadow_stats()
-        assert (stats.in_flight, stats.compared) == (0, 0)
+        assert (stats.served, stats.mirrored, stats.in_flight, stats.compared) == (1, 1, 0, 0)
 
 
 def test_a_failing_shadow_target_never_fails_the_client(
@@ -376,9 +413,7 @@ def test_a_failing_shadow_target_never_fails_the_client(
     }
     with _front(aio, None, **settings) as front:
         for _ in range(3):
-            started = time.perf_counter()
             response = front.stub.ModelInfer(price_request(1800.0), timeout=5)
-            assert time.perf_counter() - started < 0.5
             assert prices(response) == OK([TF_PRICE], abs=1e-3)
         assert eventually(lambda: front.shadow_stats().failed == 3)
         assert front.shadow_stats().compared == 0
@@ -457,8 +492,11 @@ def test_compare_with_one_target_failing(front: Front, backends: Backends) -> No
     ok, failed = answer.results
     assert ok.status.code == 0
     assert [o.values[0] for o in ok.outputs] == OK([TF_PRICE], abs=1e-3)
-    assert failed.status.code != 0
-    assert "tflite" in failed.status.message
+    assert (failed.status.code, failed.status.name) == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+        "FAILED_PRECONDITION",
+    )
+    assert "no 'tflite' runtime" in failed.status.message
     assert not failed.outputs
     assert not answer.differences
 
@@ -488,7 +526,8 @@ def test_compare_with_a_target_service_down(aio: Any, backends: Backends) -> Non
 def test_compare_held_target_meets_the_client_deadline(front: Front, backends: Backends) -> None:
     message = cpb.CompareRequest(infer_request=price_request(1800.0).SerializeToString())
     with _held(backends.pytorch_gate):
-        answer = front.comparison.Compare(message, timeout=0.5)
+        # Long enough for tensorflow's answer on a slow machine; pytorch never answers.
+        answer = front.comparison.Compare(message, timeout=2.0)
     tf, pt = answer.results
     assert tf.status.name == "OK"
     assert pt.status.name == "DEADLINE_EXCEEDED"

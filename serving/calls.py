@@ -5,7 +5,9 @@ Log records: one per failed call at WARNING (ERROR for a server fault), whatever
 configured level; one per successful call at DEBUG. Each carries `method`, `code`,
 `latency_ms`, `request_id` (the request's `id`, else the `x-request-id` metadata),
 `model`, `model_version` and `framework` where the call has them, as `extra=` fields that
-`serving.logs.JsonFormatter` writes as JSON keys.
+`serving.logs.JsonFormatter` writes as JSON keys. Every field a client chose (and the status
+detail, which may quote one) is bounded and escaped here (`serving.logs.printable`): a
+request id with a newline stays on its one line, a 4 MiB model name costs 256 characters.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import grpc
 
 from serving.errors import ResourceExhausted
+from serving.logs import printable
 from serving.metrics import RpcMetrics
 
 __all__ = ["Call", "CallObserver", "status_name"]
@@ -30,6 +33,8 @@ _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 )
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+# A status detail in a log record: our words plus at most a bounded client field or two.
+DETAIL_LIMIT = 1024
 
 
 def status_name(code: object) -> grpc.StatusCode:
@@ -101,8 +106,8 @@ class CallObserver:
         fields.setdefault("framework", self.framework)
         if not fields.get("request_id"):
             fields["request_id"] = _metadata(call.context, "x-request-id")
-        fields = {key: value for key, value in fields.items() if value}
-        method = call.method.rpartition("/")[2]
+        fields = {key: printable(value) for key, value in fields.items() if value}
+        method = printable(call.method.rpartition("/")[2])
         what = " ".join(
             part
             for part in (
@@ -120,15 +125,16 @@ class CallObserver:
             "latency_ms": round(seconds * 1000, 3),
             **fields,
         }
-        if call.message:
-            record["detail"] = call.message
+        detail = printable(call.message, DETAIL_LIMIT)
+        if detail:
+            record["detail"] = detail
         logger.log(
             level,
             "%s -> %s in %.1f ms%s",
             what,
             call.code.name,
             seconds * 1000,
-            f": {call.message}" if call.message else "",
+            f": {detail}" if detail else "",
             extra=record,
         )
 

@@ -12,21 +12,38 @@ import grpc
 
 from serving.calls import CallObserver, status_name
 from serving.errors import InvalidInput, ServingError
+from serving.logs import printable, shorten
 from serving.pb import inference_pb2 as pb
 from serving.tracing import server_span
 
-__all__ = ["ErrorInterceptor", "status_of", "stream_infer"]
+__all__ = ["ErrorInterceptor", "client_detail", "status_of", "stream_infer"]
 
 logger = logging.getLogger(__name__)
 
 _GENERIC = "internal error; the server log has the details"
+# A status detail travels in a trailer (grpc-message, percent-encoded), and clients refuse
+# trailers over 8-16 KiB: a message quoting a 4 MiB model name would reach the client as
+# RESOURCE_EXHAUSTED "received metadata size exceeds hard limit" instead of its own status.
+# Bounded in characters and in UTF-8 bytes (each non-ASCII byte is sent as 3 characters).
+DETAIL_LIMIT = 1024
+_DETAIL_BYTES = 2048
+
+
+def client_detail(message: str) -> str:
+    """A status detail bounded for the trailer it travels in."""
+    detail = shorten(message, DETAIL_LIMIT)
+    if len(detail) * 4 > _DETAIL_BYTES and len(detail.encode()) > _DETAIL_BYTES:
+        cut = detail.encode()[:_DETAIL_BYTES].decode(errors="ignore")
+        detail = f"{cut}…(cut at {_DETAIL_BYTES} bytes)"
+    return detail
 
 
 def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, str]:
-    """Maps an exception to (code, client-safe message); unexpected ones are logged."""
+    """Maps an exception to (code, client-safe message, bounded); unexpected ones are
+    logged."""
     if isinstance(exc, ServingError):
-        return exc.code, exc.message
-    logger.error("unexpected error in %s", method or "request", exc_info=exc)
+        return exc.code, client_detail(exc.message)
+    logger.error("unexpected error in %s", printable(method or "request"), exc_info=exc)
     return grpc.StatusCode.INTERNAL, _GENERIC
 
 
@@ -194,17 +211,18 @@ async def stream_infer(
             response = await infer(request)
         except Exception as exc:
             code, message = status_of(exc, "ModelStreamInfer")
+            model, request_id = printable(request.model_name), printable(request.id)
             logger.warning(
                 "ModelStreamInfer message %s -> %s: %s",
-                request.model_name,
+                model,
                 code.name,
-                message,
+                printable(message, DETAIL_LIMIT),
                 extra={
                     "method": "ModelStreamInfer",
                     "code": code.name,
-                    "model": request.model_name,
-                    "request_id": request.id,
-                    "detail": message,
+                    "model": model,
+                    "request_id": request_id,
+                    "detail": printable(message, DETAIL_LIMIT),
                 },
             )
             yield pb.ModelStreamInferResponse(

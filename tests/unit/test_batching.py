@@ -36,6 +36,25 @@ def _x(*values: float, width: int = 1) -> Arrays:
     return {"x": np.repeat(np.array(values, np.float32).reshape(-1, 1), width, axis=1)}
 
 
+class Held(Recorder):
+    """A model whose calls wait until `release` is set; `entered` is set when one waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, arrays: Arrays) -> Arrays:
+        self.batches.append(len(arrays["x"]))
+        self.entered.set()
+        await self.release.wait()
+        return {"y": arrays["x"] * 2}
+
+
+def _values(result: BatchResult) -> list[float]:
+    return [float(v) for v in result.outputs["y"].ravel()]
+
+
 def test_concurrent_requests_share_a_batch_and_get_their_own_rows() -> None:
     async def main() -> None:
         model = Recorder(delay=0.01)
@@ -81,17 +100,22 @@ def test_requests_of_other_trailing_shapes_are_not_mixed() -> None:
 
 def test_a_cancelled_caller_is_skipped_and_others_still_answered() -> None:
     async def main() -> None:
-        model = Recorder()
-        batcher = _batcher(model, max_queue_delay_us=50_000)
+        model = Held()
+        batcher = _batcher(model, max_queue_delay_us=0)
+        # The one instance is busy, so both callers are still queued when one goes away.
+        busy = asyncio.create_task(batcher.submit(_x(100)))
+        await asyncio.wait_for(model.entered.wait(), 5)
         gone = asyncio.create_task(batcher.submit(_x(1)))
         stays = asyncio.create_task(batcher.submit(_x(5)))
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0)  # one loop pass: both submits enqueue
+        assert batcher.queued == 2
         gone.cancel()
-        result = await stays
-        assert result.outputs["y"].ravel().tolist() == [10]
-        assert model.batches == [1]
         with pytest.raises(asyncio.CancelledError):
             await gone
+        model.release.set()
+        assert _values(await stays) == [10]
+        assert _values(await busy) == [200]
+        assert model.batches == [1, 1]
 
     asyncio.run(main())
 
@@ -115,25 +139,6 @@ def test_a_model_error_reaches_every_request_of_the_batch() -> None:
             assert batcher.queued == 0
 
     asyncio.run(main())
-
-
-class Held(Recorder):
-    """A model whose calls wait until `release` is set; `entered` is set when one waits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, arrays: Arrays) -> Arrays:
-        self.batches.append(len(arrays["x"]))
-        self.entered.set()
-        await self.release.wait()
-        return {"y": arrays["x"] * 2}
-
-
-def _values(result: BatchResult) -> list[float]:
-    return [float(v) for v in result.outputs["y"].ravel()]
 
 
 def test_a_caller_cancelled_while_its_batch_runs_leaves_the_others_their_own_rows() -> None:

@@ -8,7 +8,7 @@ PROTOS := $(wildcard proto/*.proto proto/*/*/*.proto)
 PB_STAMP := serving/pb/.generated
 MODELS ?= models
 
-.PHONY: run test venv proto lint fmt seed bench peers loadtest clean prometheus soak
+.PHONY: run test venv proto lint fmt seed bench peers loadtest clean prometheus soak perf-analyzer
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ run: seed
 # ones (a wrong-rank convolution aborts the process), so the TensorFlow backend suites run
 # under both settings whatever CPU this is.
 TF_SUITES := tests/framework/test_tf_backend.py tests/framework/test_tf_runtimes.py
-test: $(PB_STAMP) prometheus
+test: $(PB_STAMP) prometheus perf-analyzer
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(TF_SUITES) $(PYTEST_ARGS)
 	$(PY) -m pytest tests/compat $(PYTEST_ARGS)
@@ -90,6 +90,24 @@ prometheus:
 		{ apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; }; } || \
 		echo "note: no prometheus binary (needs apt-get as root); tests/integration/test_prometheus.py will skip"
+
+# Triton's perf_analyzer for tests/compat/test_perf_analyzer.py (it skips, saying why, without
+# one). The tritonclient wheels of 2.61+ no longer bundle it and the perf-analyzer wheel needs
+# glibc 2.38; 2.51 is the newest bundling one that runs on glibc 2.34+ (Debian 12). It goes in
+# a venv of its own (its tritonclient would replace ours), without dependencies; it links
+# libcudart (loaded, never used without a GPU: the 3 MB runtime wheel, not CUDA torch) and
+# libb64 (Debian's libb64-0d).
+PERF_DIR := .tools/perf-analyzer
+perf-analyzer: $(STAMP)
+	@test -x $(PERF_DIR)/bin/perf_analyzer || { $(PYTHON) -m venv --without-pip $(PERF_DIR) && \
+		$(PY) -m pip --python $(PERF_DIR)/bin/python install --quiet --no-deps \
+			tritonclient==2.51.0 nvidia-cuda-runtime-cu12==12.9.79; } || \
+		echo "note: could not install perf_analyzer; tests/compat/test_perf_analyzer.py will skip"
+	@/sbin/ldconfig -p | grep -q libb64.so.0d || { \
+		command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		{ apt-get install -y -qq --no-install-recommends libb64-0d >/dev/null 2>&1 || \
+		  { apt-get update -qq && apt-get install -y -qq --no-install-recommends libb64-0d; }; }; } || \
+		echo "note: no libb64 (needs apt-get as root); tests/compat/test_perf_analyzer.py will skip"
 
 # The 5-minute soak (mixed good and bad traffic at concurrency 16, the whole stack, memory
 # growth under 5 %); skipped by `make test`, run by .ci/run. SOAK_S=60 for a shorter one.

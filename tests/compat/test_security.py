@@ -21,6 +21,7 @@ from .house_price import MODEL, OUTPUT, TOLERANCE, expected_prices, triton_input
 pytestmark = pytest.mark.framework
 
 TOKEN = "compat-token"
+INFER_TOKEN = "compat-infer-token"
 
 # The README's commands, verbatim.
 OPENSSL = [
@@ -58,6 +59,7 @@ def secure_gateway(stack: Stack, certs: Path) -> Iterator[Process]:
             "TWINSERVE_GATEWAY_TLS_CERT_FILE": str(certs / "server.pem"),
             "TWINSERVE_GATEWAY_TLS_KEY_FILE": str(certs / "server.key"),
             "TWINSERVE_GATEWAY_AUTH_TOKENS": f'["{TOKEN}"]',
+            "TWINSERVE_GATEWAY_INFER_AUTH_TOKENS": f'["{INFER_TOKEN}"]',
         },
     )
     yield gateway
@@ -94,6 +96,20 @@ def test_tritonclient_without_the_token(
         tls_client.infer(MODEL, [triton_input([1800.0])], headers=headers)
     assert info.value.status() == "StatusCode.UNAUTHENTICATED"
     assert message in info.value.message()
+
+
+def test_tritonclient_with_an_infer_token_infers_but_cannot_unload(
+    tls_client: grpcclient.InferenceServerClient,
+) -> None:
+    headers = {"authorization": f"Bearer {INFER_TOKEN}"}
+    result = tls_client.infer(MODEL, [triton_input([1800.0])], headers=headers)
+    assert result.as_numpy(OUTPUT) == pytest.approx(expected_prices([1800.0]), abs=TOLERANCE)
+    for change in (tls_client.unload_model, tls_client.load_model):
+        with pytest.raises(InferenceServerException) as info:
+            change(MODEL, headers=headers)
+        assert info.value.status() == "StatusCode.PERMISSION_DENIED"
+        assert "needs a token with the 'admin' scope" in info.value.message()
+    assert tls_client.is_model_ready(MODEL, headers=headers)
 
 
 def test_tritonclient_in_plaintext_cannot_connect(secure_gateway: Process) -> None:

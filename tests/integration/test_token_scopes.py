@@ -227,3 +227,19 @@ def test_tokens_over_tls_do_not_warn(
             assert _warnings(caplog) == []
         with aio.gateway(tensorflow_url="127.0.0.1:1", auth_tokens=[ADMIN], **tls):
             assert _warnings(caplog) == []
+
+
+def test_infer_tokens_from_a_file(aio: Any, scoped_gateway: Gateway, tmp_path: Path) -> None:
+    tokens = tmp_path / "infer-tokens"
+    tokens.write_text("# dashboards\nfrom-file\n")
+    upstream = scoped_gateway.upstreams[0].url
+    with (
+        aio.gateway(tensorflow_url=upstream, infer_auth_tokens_file=tokens) as front,
+        grpc.insecure_channel(f"127.0.0.1:{front.port}") as opened,
+    ):
+        answer = Stub(opened).ModelInfer(
+            price_request(1800.0), timeout=TIMEOUT, metadata=_bearer("from-file")
+        )
+        assert prices(answer) == pytest.approx([PRICE], abs=1e-3)
+        code, details = rpc_error(_admin_calls(opened)["Train"], metadata=_bearer("from-file"))
+        assert (code, details) == (grpc.StatusCode.PERMISSION_DENIED, f"Train {DENIED}")

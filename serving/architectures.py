@@ -13,6 +13,7 @@ Weights: glorot (Xavier) uniform, zero biases. Images are fed as they come ([0, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,16 @@ import numpy as np
 from serving.errors import InvalidInput
 from serving.types import Signature, TensorSpec
 
-__all__ = ["ARCHITECTURES", "Architecture", "check_data", "signature_for"]
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "check_data",
+    "parameter_count",
+    "signature_for",
+]
+
+# The CNN pools twice by 2 (rounding down): a smaller image leaves nothing to flatten.
+CNN_MIN_SIDE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +68,11 @@ def check_data(arch: Architecture, x: np.ndarray, y: np.ndarray, num_classes: in
             f"architecture '{arch.name}' takes inputs of rank {arch.input_rank + 1} "
             f"(batch first), got shape {list(x.shape)}"
         )
+    if arch.name == "cnn" and min(x.shape[1:3]) < CNN_MIN_SIDE:
+        raise InvalidInput(
+            f"architecture 'cnn' takes images of at least {CNN_MIN_SIDE}x{CNN_MIN_SIDE} pixels "
+            f"(it pools twice by 2), got {x.shape[1]}x{x.shape[2]}"
+        )
     if arch.name == "linear" and x.shape[1] != 1:
         raise InvalidInput(f"architecture 'linear' takes one feature, got {x.shape[1]}")
     if len(x) != len(y):
@@ -78,6 +93,25 @@ def check_data(arch: Architecture, x: np.ndarray, y: np.ndarray, num_classes: in
             raise InvalidInput(
                 f"class labels must be integers in [0, {num_classes}) with at least 2 classes"
             )
+
+
+def parameter_count(arch: Architecture, row_shape: tuple[int, ...], num_classes: int) -> int:
+    """Trainable parameters of `arch` for input rows of `row_shape` (batch left out), from
+    the layer list above, so a job can be sized before any framework builds it. Python
+    integers: an absurd shape gives a big number, not an overflow."""
+    features = math.prod(row_shape)
+    if arch.name == "linear":
+        return features + 1
+    if arch.name == "mlp":
+        return (features * 64 + 64) + (64 * 64 + 64) + (64 + 1)
+    height, width, channels = row_shape
+    flattened = (height // 2 // 2) * (width // 2 // 2) * 32
+    return (
+        (3 * 3 * channels * 16 + 16)
+        + (3 * 3 * 16 * 32 + 32)
+        + (flattened * 64 + 64)
+        + (64 * num_classes + num_classes)
+    )
 
 
 def signature_for(

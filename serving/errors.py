@@ -13,6 +13,7 @@
     ├── Unsupported (UNIMPLEMENTED)
     ├── RepositoryError (FAILED_PRECONDITION)
     ├── RuntimeUnavailable (FAILED_PRECONDITION): a runtime this version does not offer
+    ├── SignatureChanged (FAILED_PRECONDITION): training would change a served signature
     └── UpstreamError (the upstream's own code)
 
 The mapping to a gRPC status happens in one place, `serving.interceptor`. The message of a
@@ -37,6 +38,7 @@ __all__ = [
     "ResourceExhausted",
     "RuntimeUnavailable",
     "ServingError",
+    "SignatureChanged",
     "Unauthenticated",
     "Unsupported",
     "UpstreamError",
@@ -100,6 +102,10 @@ class RepositoryError(ServingError):
 
 
 class RuntimeUnavailable(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class SignatureChanged(ServingError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 

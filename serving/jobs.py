@@ -28,7 +28,7 @@ from serving.manager import ModelManager
 from serving.repository import ModelRepository
 from serving.tensorboard import RunLog
 from serving.trainer import train_version
-from serving.training_data import TrainOrder, TrainPlan, plan_training
+from serving.training_data import TrainingLimits, TrainOrder, TrainPlan, plan_training
 
 __all__ = ["Job", "JobEvent", "JobManager", "JobResult", "JobState", "Progress"]
 
@@ -122,6 +122,7 @@ class JobManager:
         tensorboard_dir: Path,
         max_pending: int = 8,
         keep_finished: int = 100,
+        limits: TrainingLimits | None = None,
     ) -> None:
         self.backend = backend
         self.repository = repository
@@ -130,6 +131,7 @@ class JobManager:
         self.tensorboard_dir = tensorboard_dir
         self.max_pending = max_pending
         self.keep_finished = keep_finished
+        self.limits = limits or TrainingLimits()
         self._jobs: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         # One job at a time: two trainings would only fight over the same cores.
@@ -141,7 +143,9 @@ class JobManager:
         """Validates the order (InvalidInput, nothing written) and queues a job."""
         self._loop = asyncio.get_running_loop()
         # Reading a CSV (up to MAX_CSV_BYTES) or a built-in dataset blocks: off the loop.
-        plan = await asyncio.to_thread(plan_training, order, self.data_dir)
+        plan = await asyncio.to_thread(
+            plan_training, order, self.data_dir, self.limits, self.repository
+        )
         pending = sum(1 for job in self._jobs.values() if job.state is JobState.PENDING)
         if pending >= self.max_pending:
             raise ResourceExhausted(
@@ -286,6 +290,7 @@ class JobManager:
                     plan.dataset,
                     hyperparameters=plan.hyperparameters,
                     test=test,
+                    replace_signature=plan.replace_signature,
                 )
             path = self.repository.path(plan.model_name, version)
             self.models.load(plan.model_name)  # served from now on

@@ -41,6 +41,7 @@ from serving.repository import ModelRepository
 from serving.security import server_security, transport_name
 from serving.servicer import InferenceServicer
 from serving.settings import ServiceSettings
+from serving.training_data import TrainingLimits
 from serving.training_servicer import TrainingServicer
 
 __all__ = [
@@ -180,6 +181,13 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         data_dir=settings.data_dir,
         tensorboard_dir=settings.tensorboard_dir,
         max_pending=settings.max_pending_jobs,
+        limits=TrainingLimits(
+            max_classes=settings.train_max_classes,
+            max_input_values=settings.train_max_input_values,
+            max_parameters=settings.train_max_parameters,
+            max_data_values=settings.train_max_data_values,
+            max_batch_values=settings.train_max_batch_values,
+        ),
     )
     registry.register(ModelCollector(manager, backend.framework))
     registry.register(JobCollector(jobs, backend.framework))

@@ -71,6 +71,13 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path("data")
     tensorboard_dir: Path = Path("runs")
     max_pending_jobs: int = Field(default=8, ge=1)
+    # The biggest training job taken (README, "Training limits"); past any of these a job is
+    # refused with RESOURCE_EXHAUSTED before a model is built. The defaults fit a 2 GiB pod.
+    train_max_classes: int = Field(default=1000, ge=2)
+    train_max_input_values: int = Field(default=65_536, ge=1)
+    train_max_parameters: int = Field(default=10_000_000, ge=1)
+    train_max_data_values: int = Field(default=16 * 1024 * 1024, ge=1)
+    train_max_batch_values: int = Field(default=2 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     # TLS: with a certificate and its key the port serves TLS (else plaintext); with a client

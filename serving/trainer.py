@@ -41,9 +41,7 @@ def _describe(signature: Signature) -> str:
     return f"inputs ({specs(signature.inputs)}) -> outputs ({specs(signature.outputs)})"
 
 
-def check_signature(
-    model: str, served: Signature | None, new: Signature, *, replace: bool
-) -> None:
+def check_signature(model: str, served: Signature | None, new: Signature, *, replace: bool) -> None:
     """Refuses (SignatureChanged) a new version whose inputs or outputs differ from the
     served one's: every client of the model would start failing the moment it is served.
     `replace` (the request's `replace_signature`) says that is what the client wants."""
@@ -104,9 +102,7 @@ def train_version(
     )
     # Before training too: a job queued behind one that changed the signature learns it now
     # rather than after its whole run.
-    check_signature(
-        model, served_signature(repository, model), expected, replace=replace_signature
-    )
+    check_signature(model, served_signature(repository, model), expected, replace=replace_signature)
     with repository.new_version(model) as staged:
         staging = staged.path
         result = backend.train(spec, staging)

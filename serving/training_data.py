@@ -6,7 +6,6 @@ refused with INVALID_ARGUMENT and nothing is written anywhere.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,10 @@ import numpy as np
 
 from serving import architectures
 from serving.datasets import load_builtin, validation_split
-from serving.errors import InvalidInput, NotFound
-from serving.repository import check_model_name
+from serving.errors import InvalidInput, ResourceExhausted
+from serving.repository import ModelRepository, check_model_name
+from serving.trainer import check_signature, served_signature
+from serving.training_csv import CsvData, read_csv
 
 __all__ = [
     "BuiltinData",
@@ -25,11 +26,11 @@ __all__ = [
     "InlineData",
     "TrainOrder",
     "TrainPlan",
+    "TrainingLimits",
     "plan_training",
 ]
 
 MAX_EPOCHS = 100_000
-MAX_CSV_BYTES = 256 * 1024 * 1024
 # NumPy's generators take no negative seed, and Keras reseeds NumPy's legacy one (< 2**32).
 MAX_SEED = 2**32 - 1
 
@@ -46,10 +47,20 @@ class InlineData:
 
 
 @dataclass(frozen=True, slots=True)
-class CsvData:
-    path: str
-    feature_columns: tuple[str, ...] = ()
-    target_column: str = ""
+class TrainingLimits:
+    """How big a job this service takes (ServiceSettings.train_max_*, documented in the
+    README); past any of them a job is refused with RESOURCE_EXHAUSTED before anything is
+    built. The defaults keep a job of any architecture well inside a 2 GiB pod."""
+
+    max_classes: int = 1000
+    # Values in one training row: features, or height x width x channels.
+    max_input_values: int = 65_536
+    max_parameters: int = 10_000_000
+    # Values in all training inputs together (64 MiB as FP32).
+    max_data_values: int = 16 * 1024 * 1024
+    # Input values in one batch: the batch's activations grow with it (the CNN keeps ~100
+    # values per input pixel for the backward pass).
+    max_batch_values: int = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +77,8 @@ class TrainOrder:
     seed: int | None = None
     validation_split: float | None = None
     device: str = ""
+    # Store the version even if its inputs/outputs differ from the served version's.
+    replace_signature: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,57 +105,10 @@ class TrainPlan:
     validation_split: float
     device: str
     hyperparameters: dict[str, object] = field(default_factory=dict)
+    replace_signature: bool = False
 
 
-def _csv(order: CsvData, data_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    if not order.path:
-        raise InvalidInput("the CSV dataset names no path")
-    relative = Path(order.path)
-    root = data_dir.resolve()
-    target = (root / relative).resolve()
-    if relative.is_absolute() or not target.is_relative_to(root):
-        raise InvalidInput(
-            f"CSV path '{order.path}' is outside the data directory; give a path relative to it"
-        )
-    if not target.is_file():
-        raise NotFound(f"no CSV file '{order.path}' in the data directory")
-    if target.stat().st_size > MAX_CSV_BYTES:
-        raise InvalidInput(f"CSV file '{order.path}' is larger than {MAX_CSV_BYTES} bytes")
-    with target.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
-        raise InvalidInput(f"CSV file '{order.path}' needs a header row and at least one row")
-    header = [name.strip() for name in rows[0]]
-    target_column = order.target_column or header[-1]
-    features = list(order.feature_columns) or [c for c in header if c != target_column]
-    missing = [c for c in [*features, target_column] if c not in header]
-    if missing:
-        raise InvalidInput(
-            f"CSV file '{order.path}' has no column(s) {', '.join(missing)} "
-            f"(columns: {', '.join(header)})"
-        )
-    if not features:
-        raise InvalidInput(f"CSV file '{order.path}' has no feature columns")
-    index = {name: i for i, name in enumerate(header)}
-    wanted = [*features, target_column]
-    table = np.empty((len(rows) - 1, len(wanted)), dtype=np.float64)
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise InvalidInput(
-                f"CSV file '{order.path}' row {r} has {len(row)} fields, the header {len(header)}"
-            )
-        for c, name in enumerate(wanted):
-            text = row[index[name]].strip()
-            try:
-                table[r - 2, c] = float(text)
-            except ValueError:
-                raise InvalidInput(
-                    f"CSV file '{order.path}' row {r}, column '{name}': '{text}' is not a number"
-                ) from None
-    return table[:, :-1], table[:, -1:], f"csv:{order.path}"
-
-
-def _targets(y: np.ndarray, task: str) -> tuple[np.ndarray, int]:
+def _targets(y: np.ndarray, task: str, max_classes: int) -> tuple[np.ndarray, int]:
     # One target per row: [N] or [N, 1]. Reshaping anything wider would pair rows with
     # another row's targets.
     if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
@@ -153,6 +119,15 @@ def _targets(y: np.ndarray, task: str) -> tuple[np.ndarray, int]:
     flat = y.reshape(-1)
     if not np.isfinite(flat).all() or (flat != np.round(flat)).any():
         raise InvalidInput("class labels must be whole numbers")
+    # Before the cast: the number of classes sizes the final layer, and a label of 1e9
+    # would ask for a billion outputs.
+    if flat.size and flat.max() >= max_classes:
+        top = int(flat.max())
+        raise ResourceExhausted(
+            f"class labels go up to {top}, which makes {top + 1} "
+            f"classes; this service trains at most {max_classes} "
+            "(TWINSERVE_TRAIN_MAX_CLASSES): number the classes 0, 1, 2, ..."
+        )
     labels = flat.astype(np.int64)
     return labels, int(labels.max()) + 1 if labels.size else 0
 
@@ -177,7 +152,9 @@ class _Data:
     num_classes: int
 
 
-def _load(order: TrainOrder, arch: architectures.Architecture, data_dir: Path) -> _Data:
+def _load(
+    order: TrainOrder, arch: architectures.Architecture, data_dir: Path, limits: TrainingLimits
+) -> _Data:
     if order.dataset is None:
         raise InvalidInput("the request names no dataset")
     if isinstance(order.dataset, BuiltinData):
@@ -202,20 +179,70 @@ def _load(order: TrainOrder, arch: architectures.Architecture, data_dir: Path) -
         if x.size == 0 or raw_y.size == 0:
             raise InvalidInput("inline data is empty")
     else:
-        x, raw_y, description = _csv(order.dataset, data_dir)
+        x, raw_y, description = read_csv(
+            order.dataset,
+            data_dir,
+            max_columns=limits.max_input_values,
+            max_values=limits.max_data_values,
+        )
     if not np.isfinite(raw_y).all():
         raise InvalidInput("targets contain NaN or infinite values")
-    y, num_classes = _targets(raw_y, arch.task)
+    y, num_classes = _targets(raw_y, arch.task, limits.max_classes)
     output_name = "probabilities" if arch.task == "classification" else "output"
     return _Data(
         x.astype(np.float32), y, None, None, "input", output_name, description, num_classes
     )
 
 
-def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
+def _check_size(
+    arch: architectures.Architecture,
+    x: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    limits: TrainingLimits,
+) -> None:
+    """RESOURCE_EXHAUSTED for a job past the service's limits, from shapes alone: nothing
+    of the model exists yet."""
+    row = math.prod(x.shape[1:])
+    if row > limits.max_input_values:
+        raise ResourceExhausted(
+            f"one training row holds {row} values (shape {list(x.shape[1:])}); this service "
+            f"trains on rows of at most {limits.max_input_values} "
+            "(TWINSERVE_TRAIN_MAX_INPUT_VALUES): send smaller images or fewer features"
+        )
+    if x.size > limits.max_data_values:
+        raise ResourceExhausted(
+            f"the training inputs hold {x.size} values; this service trains on at most "
+            f"{limits.max_data_values} (TWINSERVE_TRAIN_MAX_DATA_VALUES)"
+        )
+    parameters = architectures.parameter_count(arch, x.shape[1:], num_classes)
+    if parameters > limits.max_parameters:
+        raise ResourceExhausted(
+            f"architecture '{arch.name}' on rows of shape {list(x.shape[1:])} with "
+            f"{num_classes or 1} output(s) has {parameters} parameters; this service trains "
+            f"at most {limits.max_parameters} (TWINSERVE_TRAIN_MAX_PARAMETERS)"
+        )
+    batch = min(batch_size, len(x)) * row
+    if batch > limits.max_batch_values:
+        raise ResourceExhausted(
+            f"a batch of {min(batch_size, len(x))} rows of {row} values holds {batch} "
+            f"values; this service trains on batches of at most {limits.max_batch_values} "
+            "(TWINSERVE_TRAIN_MAX_BATCH_VALUES): set a smaller batch_size"
+        )
+
+
+def plan_training(
+    order: TrainOrder,
+    data_dir: Path,
+    limits: TrainingLimits | None = None,
+    repository: ModelRepository | None = None,
+) -> TrainPlan:
+    """Validates `order` against the service's `limits` and, given the `repository`, the
+    signature of the version it serves now (see trainer.check_signature)."""
+    limits = limits or TrainingLimits()
     check_model_name(order.model_name)
     arch = architectures.get(order.architecture)
-    data = _load(order, arch, data_dir)
+    data = _load(order, arch, data_dir, limits)
     architectures.check_data(arch, data.x, data.y, data.num_classes)
 
     epochs = _positive_int("epochs", order.epochs, arch.epochs, MAX_EPOCHS)
@@ -232,9 +259,16 @@ def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
     seed = order.seed or 0
     if not 0 <= seed <= MAX_SEED:
         raise InvalidInput(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    _check_size(arch, data.x, data.num_classes, batch_size, limits)
     x_train, y_train, x_val, y_val = validation_split(data.x, data.y, fraction, seed)
     if len(x_train) < 1:
         raise InvalidInput("no training rows are left after the validation split")
+    if repository is not None:
+        new = architectures.signature_for(
+            arch, data.x, data.input_name, data.output_name, data.num_classes
+        )
+        served = served_signature(repository, order.model_name)
+        check_signature(order.model_name, served, new, replace=order.replace_signature)
     return TrainPlan(
         model_name=order.model_name,
         architecture=arch,
@@ -255,6 +289,7 @@ def plan_training(order: TrainOrder, data_dir: Path) -> TrainPlan:
         seed=seed,
         validation_split=fraction,
         device=order.device,
+        replace_signature=order.replace_signature,
         hyperparameters={
             "epochs": epochs,
             "batch_size": batch_size,

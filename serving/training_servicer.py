@@ -19,6 +19,9 @@ __all__ = ["TrainingServicer", "job_to_pb"]
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
+# Inline inputs are at most [N, height, width, channels] (the CNN's), targets [N, 1].
+_RANKS = {"inputs": "[N, H, W, C]", "targets": "[N, 1]"}
+
 _STATES = {
     JobState.PENDING: tpb.JOB_STATE_PENDING,
     JobState.RUNNING: tpb.JOB_STATE_RUNNING,
@@ -28,7 +31,14 @@ _STATES = {
 }
 
 
-def _tensor(message: tpb.Tensor, what: str) -> np.ndarray:
+def _tensor(message: tpb.Tensor, what: str, max_rank: int) -> np.ndarray:
+    if len(message.shape) > max_rank:
+        # Checked before anything looks at the dimensions: a shape of thousands of huge
+        # dimensions would otherwise be multiplied out on the event loop.
+        raise InvalidInput(
+            f"inline {what} have {len(message.shape)} dimensions; at most {max_rank} "
+            f"({_RANKS[what]}) are trained on"
+        )
     shape = tuple(message.shape)
     if not shape and not message.values:
         # Unset: without this, a rank-0 shape "needs 1 value", which hides the mistake.
@@ -50,7 +60,9 @@ def order_from_pb(request: tpb.TrainRequest) -> TrainOrder:
         dataset = BuiltinData(request.dataset.builtin)
     elif source == "inline":
         inline = request.dataset.inline
-        dataset = InlineData(_tensor(inline.inputs, "inputs"), _tensor(inline.targets, "targets"))
+        dataset = InlineData(
+            _tensor(inline.inputs, "inputs", 4), _tensor(inline.targets, "targets", 2)
+        )
     elif source == "csv":
         csv = request.dataset.csv
         dataset = CsvData(csv.path, tuple(csv.feature_columns), csv.target_column)
@@ -66,6 +78,7 @@ def order_from_pb(request: tpb.TrainRequest) -> TrainOrder:
         seed=hp.seed if hp.HasField("seed") else None,
         validation_split=hp.validation_split if hp.HasField("validation_split") else None,
         device=request.device,
+        replace_signature=request.replace_signature,
     )
 
 

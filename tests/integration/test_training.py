@@ -68,6 +68,11 @@ def _write_data(data_dir: Path, outside: Path) -> None:
         "size,age,price\n" + "".join(f"{s},{a},{p}\n" for s, a, p in rows)
     )
     (data_dir / "text.csv").write_text("size,price\n1,7\n2,nine\n3,11\n")
+    (data_dir / "latin1.csv").write_bytes("size,price\n1,7\ncaf\xe9,9\n".encode("latin-1"))
+    (data_dir / "big-field.csv").write_text("size,price\n1,7\n2," + "9" * 131_073 + "\n")
+    (data_dir / "empty.csv").write_text("")
+    (data_dir / "nan-label.csv").write_text("size,price\n1,7\n2,NaN\n3,11\n")
+    (data_dir / "subdir").mkdir()
     (outside / "secret.csv").write_text("size,price\n1,2\n2,4\n3,6\n")
     (data_dir / "escape.csv").symlink_to(outside / "secret.csv")
 
@@ -372,7 +377,7 @@ def test_diverging_training_fails_and_keeps_the_served_version(fast: Setup) -> N
 
 def test_backend_refusal_fails_the_job(fast: Setup) -> None:
     # Planning accepts a CNN on images; the fake backend cannot train one.
-    images = np.zeros((4, 2, 2, 1), dtype=np.float32)
+    images = np.zeros((4, 4, 4, 1), dtype=np.float32)
     events = fast.train(
         train_request("images", inline(images, [0, 1, 0, 1]), architecture="cnn", epochs=1)
     )
@@ -582,6 +587,41 @@ BAD_ORDERS = [
         _bad("csv-link", dataset=_csv("escape.csv")),
         "CSV path 'escape.csv' is outside the data directory",
         id="csv-symlink",
+    ),
+    pytest.param(
+        _bad("csv-nul", dataset=_csv("house\x00.csv")),
+        r"CSV path 'house\\x00.csv' contains a NUL character",
+        id="csv-nul",
+    ),
+    pytest.param(
+        _bad("csv-latin1", dataset=_csv("latin1.csv")),
+        r"CSV file 'latin1.csv' is not UTF-8 text .*; save it as UTF-8",
+        id="csv-not-utf8",
+    ),
+    pytest.param(
+        _bad("csv-field", dataset=_csv("big-field.csv")),
+        "CSV file 'big-field.csv' line 3: a field is longer than 131072 characters",
+        id="csv-big-field",
+    ),
+    pytest.param(
+        _bad("csv-empty", dataset=_csv("empty.csv")),
+        "CSV file 'empty.csv' is empty; it needs a header row",
+        id="csv-empty",
+    ),
+    pytest.param(
+        _bad("csv-dir", dataset=_csv("subdir")),
+        "CSV path 'subdir' is a directory; name a CSV file in it",
+        id="csv-directory",
+    ),
+    pytest.param(
+        _bad("csv-nan", dataset=_csv("nan-label.csv")),
+        "row 3, column 'price': 'NaN' is not a finite number",
+        id="csv-nan-label",
+    ),
+    pytest.param(
+        _bad("csv-long", dataset=_csv("x" * 300 + ".csv")),
+        "cannot be used: File name too long",
+        id="csv-name-too-long",
     ),
     pytest.param(_bad("a/b"), "invalid model name 'a/b'", id="name-slash"),
     pytest.param(_bad(".."), r"invalid model name '\.\.'", id="name-dots"),

@@ -5,19 +5,21 @@ refusals end to end; the corners are cheaper here)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from serving.architectures import ARCHITECTURES
-from serving.errors import InvalidInput, NotFound
+from serving.architectures import ARCHITECTURES, parameter_count
+from serving.errors import InvalidInput, NotFound, ResourceExhausted
 from serving.training_data import (
     MAX_SEED,
     BuiltinData,
     CsvData,
     InlineData,
+    TrainingLimits,
     TrainOrder,
     TrainPlan,
     plan_training,
@@ -125,7 +127,7 @@ def test_wide_regression_targets_are_refused_not_reshaped(data_dir: Path) -> Non
 
 
 def test_inline_classification(data_dir: Path) -> None:
-    images = np.zeros((6, 2, 2, 1), dtype=np.float32)
+    images = np.zeros((6, 4, 4, 1), dtype=np.float32)
     plan = _plan(
         data_dir,
         "cnn",
@@ -146,7 +148,7 @@ def test_inline_classification(data_dir: Path) -> None:
     ],
 )
 def test_bad_class_labels(data_dir: Path, labels: list[float], match: str) -> None:
-    images = np.zeros((4, 2, 2, 1), dtype=np.float32)
+    images = np.zeros((4, 4, 4, 1), dtype=np.float32)
     _refused(
         data_dir, match, architecture="cnn", dataset=InlineData(images, np.array(labels, "f4"))
     )
@@ -251,11 +253,234 @@ def test_absolute_path_inside_the_data_dir_is_still_refused(data_dir: Path) -> N
 def test_missing_csv_is_not_found(data_dir: Path) -> None:
     with pytest.raises(NotFound, match=r"no CSV file 'nope\.csv'"):
         _plan(data_dir, dataset=CsvData("nope.csv"))
-    with pytest.raises(NotFound):
-        _plan(data_dir, dataset=CsvData("."))  # a directory is no CSV file
+    with pytest.raises(InvalidInput, match=r"'\.' is a directory; name a CSV file in it"):
+        _plan(data_dir, dataset=CsvData("."))
 
 
 def test_symlink_within_the_data_dir_is_followed(data_dir: Path) -> None:
     os.symlink(data_dir / "target_first.csv", data_dir / "alias.csv")
     plan = _plan(data_dir, dataset=CsvData("alias.csv", ("size",), "price"))
     assert np.array_equal(plan.y, 2 * plan.x + 5)
+
+
+# ---- CSV files a client can get wrong: each is INVALID_ARGUMENT naming the fix ----
+
+
+def _write(directory: Path, name: str, content: str | bytes) -> str:
+    path = directory / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return name
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (
+            "latin1.csv",
+            b"size,price\n1,7\n2,9\n" + "caf\xe9,1\n".encode("latin-1"),
+            "is not UTF-8 text .*save it as UTF-8",
+        ),
+        (
+            "big_field.csv",
+            "size,price\n1,7\n" + "2," + "9" * 131_073 + "\n",
+            "line 3: a field is longer than 131072 characters",
+        ),
+        ("quote.csv", 'size,price\n1,7\n"2,9\n3,11\n', "row 4 has 1 fields, the header 2"),
+        ("empty.csv", "", "is empty; it needs a header row"),
+        ("blank.csv", "\n\n", "is empty; it needs a header row"),
+        ("ragged_long.csv", "size,price\n1,7\n2,9,4\n", "row 3 has 3 fields, the header 2"),
+        (
+            "nan_label.csv",
+            "size,price\n1,7\n2,nan\n",
+            "row 3, column 'price': 'nan' is not a finite",
+        ),
+        ("inf_input.csv", "size,price\n1,7\n-inf,9\n", "row 3, column 'size': '-inf' is not a fin"),
+        ("huge.csv", "size,price\n1,7\n1e999,9\n", "'1e999' is not a finite number"),
+        ("twice.csv", "size,size,price\n1,2,7\n2,3,9\n", "names column 'size' more than once"),
+        ("control.csv", "size,price\n1,7\n\x1b[31m,9\n", r"'\\x1b\[31m' is not a number"),
+    ],
+)
+def test_bad_csv_content(data_dir: Path, name: str, content: str | bytes, match: str) -> None:
+    _refused(data_dir, match, dataset=CsvData(_write(data_dir, name, content)))
+
+
+def test_the_target_may_not_also_be_a_feature(data_dir: Path) -> None:
+    _refused(
+        data_dir,
+        "column 'price' is both a feature and the target",
+        dataset=CsvData("house.csv", ("size", "price"), "price"),
+    )
+
+
+def test_a_long_text_is_quoted_short(data_dir: Path) -> None:
+    name = _write(data_dir, "long_text.csv", "size,price\n1,7\n" + "x" * 5000 + ",9\n")
+    with pytest.raises(InvalidInput) as caught:
+        _plan(data_dir, dataset=CsvData(name))
+    assert "'xxxxxxxx" in caught.value.message and len(caught.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        ("house\x00.csv", r"CSV path 'house\\x00.csv' contains a NUL character"),
+        ("x" * 300 + ".csv", "cannot be used: File name too long"),
+        ("house.csv/inner.csv", "cannot be used: Not a directory|no CSV file"),
+        ("loop.csv", "loop of symbolic links|cannot be used"),
+    ],
+)
+def test_bad_csv_path(data_dir: Path, path: str, match: str) -> None:
+    (data_dir / "loop.csv").symlink_to(data_dir / "loop.csv")
+    with pytest.raises((InvalidInput, NotFound), match=match):
+        _plan(data_dir, dataset=CsvData(path))
+
+
+def test_csv_with_a_byte_order_mark_and_blank_lines(data_dir: Path) -> None:
+    # Spreadsheets write a BOM before the header and often a blank last line.
+    name = _write(data_dir, "excel.csv", "\ufeffsize,price\r\n1,7\r\n\r\n2,9\r\n3,11\r\n\r\n")
+    plan = _plan(data_dir, dataset=CsvData(name, ("size",), "price"), validation_split=0)
+    assert sorted(plan.y.reshape(-1).tolist()) == [7, 9, 11]
+
+
+# ---- how big a job may be ----
+
+TIGHT = TrainingLimits(
+    max_classes=5,
+    max_input_values=64,
+    max_parameters=20_000,
+    max_data_values=400,
+    max_batch_values=256,
+)
+
+
+def _limited(
+    data_dir: Path,
+    exc: type[Exception],
+    match: str,
+    limits: TrainingLimits = TIGHT,
+    **kw: Any,
+) -> None:
+    order = TrainOrder(model_name="m", **{"architecture": "linear", "dataset": LINE, **kw})
+    with pytest.raises(exc, match=match):
+        plan_training(order, data_dir, limits)
+
+
+def _images(n: int, side: int, labels: list[float] | None = None) -> InlineData:
+    y = np.array(labels if labels is not None else [i % 2 for i in range(n)], dtype=np.float32)
+    return InlineData(np.zeros((n, side, side, 1), dtype=np.float32), y)
+
+
+def test_class_labels_past_the_limit_are_refused_before_the_cast(data_dir: Path) -> None:
+    # The issue's order: a label of 1e9 asked for a 64 x 1e9 final layer.
+    images = _images(4, 4, [0, 1, 0, 1e9])
+    with pytest.raises(ResourceExhausted, match=r"up to 1000000000, .* at most 1000 .*CLASSES"):
+        _plan(data_dir, "cnn", images)
+    _limited(
+        data_dir,
+        ResourceExhausted,
+        "at most 5",
+        architecture="cnn",
+        dataset=_images(6, 4, [0, 1, 2, 3, 4, 5]),
+    )
+    assert (
+        plan_training(
+            TrainOrder(model_name="m", architecture="cnn", dataset=_images(5, 4, [0, 1, 2, 3, 4])),
+            data_dir,
+            TIGHT,
+        ).num_classes
+        == 5
+    )
+
+
+def test_a_row_past_the_input_limit_is_refused(data_dir: Path) -> None:
+    # The issue's order: two 2048 x 2048 images (a 2 GB dense layer); here 9 x 9 > 64 values.
+    with pytest.raises(ResourceExhausted, match=r"holds 4194304 values .*INPUT_VALUES"):
+        _plan(
+            data_dir,
+            "cnn",
+            InlineData(np.zeros((2, 2048, 2048, 1), np.float32), np.array([0.0, 1.0], np.float32)),
+        )
+    _limited(
+        data_dir, ResourceExhausted, "holds 81 values", architecture="cnn", dataset=_images(2, 9)
+    )
+    assert plan_training(TrainOrder("m", "cnn", _images(2, 8)), data_dir, TIGHT).x.shape[1:] == (
+        8,
+        8,
+        1,
+    )
+
+
+def test_parameters_past_the_limit_are_refused(data_dir: Path) -> None:
+    # mlp on 20 features: 20 * 64 + 64 + 64 * 64 + 64 + 64 + 1 = 5569; on 40: 6849.
+    def mlp(features: int) -> InlineData:
+        return InlineData(np.zeros((4, features), np.float32), np.zeros((4, 1), np.float32))
+
+    _limited(
+        data_dir,
+        ResourceExhausted,
+        "has 6849 parameters; .* at most 6000",
+        replace(TIGHT, max_parameters=6000),
+        architecture="mlp",
+        dataset=mlp(40),
+    )
+    limits = replace(TIGHT, max_parameters=5569)
+    assert plan_training(TrainOrder("m", "mlp", mlp(20)), data_dir, limits).x.shape == (3, 20)
+
+
+def test_data_and_batches_past_their_limits_are_refused(data_dir: Path) -> None:
+    x = np.zeros((401, 1), np.float32)
+    _limited(
+        data_dir, ResourceExhausted, "hold 401 values; .* at most 400", dataset=InlineData(x, x)
+    )
+    x = np.zeros((300, 1), np.float32)
+    _limited(
+        data_dir, ResourceExhausted, "a batch of 257 rows", dataset=InlineData(x, x), batch_size=257
+    )
+    assert (
+        plan_training(
+            TrainOrder("m", "linear", InlineData(x, x), batch_size=256), data_dir, TIGHT
+        ).batch_size
+        == 256
+    )
+
+
+def test_csv_past_the_limits_is_refused_while_it_is_read(data_dir: Path) -> None:
+    wide = _write(
+        data_dir,
+        "wide.csv",
+        ",".join(f"c{i}" for i in range(66)) + "\n" + ",".join("1" * 66) + "\n",
+    )
+    _limited(
+        data_dir,
+        ResourceExhausted,
+        "has 66 columns; .* at most 64 features",
+        architecture="mlp",
+        dataset=CsvData(wide),
+    )
+    rows = _write(data_dir, "rows.csv", "a,b\n" + "1,2\n" * 401)
+    _limited(data_dir, ResourceExhausted, "more than 400 feature values", dataset=CsvData(rows))
+    line = _write(data_dir, "line.csv", "a,b\n" + "1" * 5000 + ",2\n")
+    _limited(data_dir, InvalidInput, "line 2 is longer than 2112 characters", dataset=CsvData(line))
+
+
+@pytest.mark.parametrize(
+    ("architecture", "row", "classes", "count"),
+    [
+        ("linear", (1,), 0, 2),
+        ("mlp", (6,), 0, 6 * 64 + 64 + 64 * 64 + 64 + 64 + 1),
+        # digits: 8x8 -> 2x2 after two pools; 160 + 4640 + (128 * 64 + 64) + (64 * 10 + 10)
+        ("cnn", (8, 8, 1), 10, 160 + 4640 + 8256 + 650),
+        # odd sides round down at each pool: 9 -> 4 -> 2
+        ("cnn", (9, 11, 3), 2, (27 * 16 + 16) + 4640 + (2 * 2 * 32 * 64 + 64) + 130),
+        (
+            "cnn",
+            (2048, 2048, 1),
+            10**9 + 1,
+            160 + 4640 + (512 * 512 * 32 * 64 + 64) + 65 * (10**9 + 1),
+        ),
+    ],
+)
+def test_parameter_count(architecture: str, row: tuple[int, ...], classes: int, count: int) -> None:
+    assert parameter_count(ARCHITECTURES[architecture], row, classes) == count

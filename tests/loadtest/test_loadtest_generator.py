@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from loadtest import ClientPool, OutputClose, closed_loop
+from loadtest import ClientPool, LoadResult, OutputClose, closed_loop
 from serving.pb import inference_pb2 as pb
 from serving.stack import launch
 
@@ -20,6 +20,15 @@ def request(model: str) -> pb.ModelInferRequest:
     message.inputs.add(name="size_sqft", datatype="FP32", shape=[1, 1])
     message.raw_input_contents.append(np.array([[1800.0]], np.float32).tobytes())
     return message
+
+
+def slower_than(result: LoadResult, ms: float) -> int:
+    """How many recorded calls took at least `ms` milliseconds."""
+    return sum(
+        step.count_added_in_this_iter_step
+        for step in result.latency.get_recorded_iterator()
+        if step.value_iterated_to >= ms * 1000
+    )
 
 
 def fresh(prefix: str) -> str:
@@ -49,11 +58,17 @@ def test_open_loop_latencies_include_a_stall(server: str, pool: ClientPool) -> N
     result = pool.open_loop(
         server, request("stall-200-open"), rate=200, duration_s=3.0, warmup_s=0.5, checker=RIGHT
     )
+    # Lower bounds only, which a slower machine can only raise: the ~100 calls meant to leave
+    # in the stall's first half are each >= 0.5 s late, however fast the client is.
     figures = result.latency_ms()
     assert result.ok >= 550 and result.failures == 0
     assert figures["max"] >= 950
     assert figures["p90"] >= 300, figures
-    assert figures["p50"] < 300, figures
+    assert slower_than(result, 500) >= 90, figures
+    # Yet the stall is not spread over everyone (a schedule that slipped by the stall would
+    # make every later call ~1 s late): the median stays under half the worst, on any machine
+    # that can send at the rate at all.
+    assert figures["p50"] < figures["max"] / 2, figures
 
 
 def test_closed_loop_hides_the_same_stall(server: str) -> None:
@@ -61,16 +76,18 @@ def test_closed_loop_hides_the_same_stall(server: str) -> None:
     # call is sent while the only one in flight waits.
     result = closed_loop(
         server,
-        request("stall-100-closed"),
+        request("stall-10-closed"),
         concurrency=1,
         duration_s=2.0,
         warmup_s=0.0,
         checker=RIGHT,
         processes=0,
     )
+    # Counted, not a percentile: on a slow machine fewer calls fit in the window and a p99
+    # would reach the stall; the count of slow calls does not depend on speed.
     figures = result.latency_ms()
     assert figures["max"] >= 950
-    assert figures["p99"] < 300, figures
+    assert slower_than(result, 500) == 1, figures
 
 
 @pytest.mark.parametrize("processes", [0, 2])

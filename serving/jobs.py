@@ -4,6 +4,12 @@ A job lives independently of the call that started it: its events are kept, so a
 disconnect and come back (`follow`) or ask for its state (`get`). Cancelling stops it at the
 end of the current epoch; a cancelled or failed job leaves no model version (the repository
 commits a version only when training returns).
+
+A job's state changes only under its lock and only along `_NEXT` (PENDING -> RUNNING or
+CANCELLED; RUNNING -> SUCCEEDED, FAILED or CANCELLED; an ended job never changes), so a cancel
+racing a job's start either wins (the job never runs) or finds it RUNNING and asks it to stop;
+a running job shows CANCELLED only once its training has stopped. An ended job drops its
+training data: only its description, history and result stay in memory.
 """
 
 from __future__ import annotations
@@ -11,19 +17,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from serving.backend import Backend, TrainSpec
-from serving.errors import NotFound, ResourceExhausted, ServingError
+from serving.errors import BackendUnavailable, NotFound, ResourceExhausted, ServingError
 from serving.manager import ModelManager
 from serving.repository import ModelRepository
 from serving.tensorboard import RunLog
@@ -44,6 +52,12 @@ class JobState(StrEnum):
 
 
 _DONE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+# The only transitions a job makes; anything else is refused (see `JobManager._emit`).
+_NEXT: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    **{state: frozenset() for state in _DONE},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,25 @@ class Job:
         waiter, self.waiter = self.waiter, asyncio.Event()
         waiter.set()
 
+    def drop_data(self) -> None:
+        """Lets go of the training data (a job may hold hundreds of MB of it), keeping the
+        plan's description: listings and `GetJob` still show what the job was. Empty arrays
+        of the same dtype and row shape, not views, which would keep the data alive."""
+        plan = self.plan
+        self.plan = replace(
+            plan,
+            x=_no_rows(plan.x),
+            y=_no_rows(plan.y),
+            x_val=_no_rows(plan.x_val),
+            y_val=_no_rows(plan.y_val),
+            x_test=None,
+            y_test=None,
+        )
+
+
+def _no_rows(array: np.ndarray) -> np.ndarray:
+    return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+
 
 class JobManager:
     def __init__(
@@ -122,6 +155,7 @@ class JobManager:
         tensorboard_dir: Path,
         max_pending: int = 8,
         keep_finished: int = 100,
+        stop_timeout_s: float = 30.0,
         limits: TrainingLimits | None = None,
     ) -> None:
         self.backend = backend
@@ -131,16 +165,23 @@ class JobManager:
         self.tensorboard_dir = tensorboard_dir
         self.max_pending = max_pending
         self.keep_finished = keep_finished
+        self.stop_timeout_s = stop_timeout_s
         self.limits = limits or TrainingLimits()
         self._jobs: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        # One job at a time: two trainings would only fight over the same cores.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        # One job at a time (two trainings would only fight over the same cores), on a daemon
+        # thread: shutdown waits for a running epoch at most stop_timeout_s, and a thread the
+        # interpreter joined at exit would make the process wait for it anyway.
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._closed = False
 
     # ---- called on the event loop ----
 
     async def submit(self, order: TrainOrder) -> Job:
         """Validates the order (InvalidInput, nothing written) and queues a job."""
+        if self._closed:
+            raise BackendUnavailable("the service is shutting down; send the job to another")
         self._loop = asyncio.get_running_loop()
         # Reading a CSV (up to MAX_CSV_BYTES) or a built-in dataset blocks: off the loop.
         plan = await asyncio.to_thread(
@@ -163,7 +204,10 @@ class JobManager:
         )
         self._jobs[job_id] = job
         self._forget_old()
-        self._executor.submit(self._run, job)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="train", daemon=True)
+            self._worker.start()
+        self._queue.put(job)
         logger.info("queued job %s: %s on %s", job_id, plan.architecture.name, plan.dataset)
         return job
 
@@ -178,18 +222,24 @@ class JobManager:
         return [job for job in jobs if not model_name or job.plan.model_name == model_name]
 
     def cancel(self, job_id: str) -> Job:
-        """A queued job is cancelled at once; a running one at the end of its epoch."""
+        """A queued job is cancelled at once; a running one at the end of its epoch (it shows
+        RUNNING until then); an ended one is returned unchanged."""
         job = self.get(job_id)
-        job.cancel_requested.set()
-        with job.lock:
-            pending = job.state is JobState.PENDING
-        if pending:
-            self._emit(
-                job,
-                JobEvent("cancelled", JobState.CANCELLED, error="cancelled before it started"),
-                JobState.CANCELLED,
-            )
+        self._cancel(job)
         return job
+
+    def _cancel(self, job: Job) -> None:
+        # One lock decides: the training thread either started the job before this (then it
+        # sees the request at the end of its epoch) or finds it CANCELLED and never runs it.
+        with job.lock:
+            if job.state is JobState.RUNNING:
+                job.cancel_requested.set()
+            elif job.state is JobState.PENDING:
+                self._record(
+                    job,
+                    JobEvent("cancelled", JobState.CANCELLED, error="cancelled before it started"),
+                )
+        self._wake(job)
 
     async def follow(self, job: Job) -> AsyncIterator[JobEvent]:
         """Every event of `job` from the first, then live ones until it ends."""
@@ -209,15 +259,30 @@ class JobManager:
             await waiter.wait()
 
     def cancel_all(self) -> None:
-        """Asks every job to stop (each does within an epoch); does not wait."""
+        """Cancels every job (running ones stop within an epoch); does not wait."""
         for job in list(self._jobs.values()):
-            job.cancel_requested.set()
+            self._cancel(job)
 
-    def shutdown(self) -> None:
-        """Cancels every job and waits for the worker."""
+    def shutdown(self) -> bool:
+        """Cancels every job and waits for a running one's epoch to end, at most
+        stop_timeout_s. False if it did not end in time: the service then exits without it
+        (its version is never committed; its staging directory stays hidden)."""
+        self._closed = True
         self.cancel_all()
-        # Queued jobs still run, to see the cancel and end as CANCELLED rather than stay PENDING.
-        self._executor.shutdown(wait=True)
+        worker = self._worker
+        if worker is None:
+            return True
+        self._queue.put(None)
+        worker.join(self.stop_timeout_s)
+        if worker.is_alive():
+            running = [job.id for job in self._jobs.values() if job.state is JobState.RUNNING]
+            logger.warning(
+                "training job %s did not stop within %.1fs of being cancelled; leaving it",
+                ", ".join(running) or "?",
+                self.stop_timeout_s,
+            )
+            return False
+        return True
 
     def _forget_old(self) -> None:
         finished = sorted(
@@ -228,36 +293,60 @@ class JobManager:
 
     # ---- called on the training thread ----
 
-    def _emit(self, job: Job, event: JobEvent, state: JobState | None = None) -> None:
+    def _emit(self, job: Job, event: JobEvent) -> bool:
+        """Records `event` and wakes followers. False (nothing recorded) if it would move the
+        job along a transition `_NEXT` does not allow."""
         with job.lock:
-            if state is not None:
-                job.state = state
-                if state in _DONE:
-                    job.finished = time.time()
-            if event.progress is not None:
-                job.history.append(event.progress)
+            recorded = self._record(job, event)
+        if recorded:
+            self._wake(job)
+        return recorded
+
+    def _record(self, job: Job, event: JobEvent) -> bool:
+        """`_emit` with `job.lock` held, without the wake-up."""
+        if event.kind == "progress":
+            if job.state is not JobState.RUNNING:
+                return False
+            assert event.progress is not None
+            job.history.append(event.progress)
+        else:
+            if event.state not in _NEXT[job.state]:
+                return False
+            job.state = event.state
             if event.result is not None:
                 job.result = event.result
             if event.error:
                 job.error = event.error
-            job.events.append(event)
+            if job.done:
+                job.finished = time.time()
+                job.drop_data()
+        job.events.append(event)
+        return True
+
+    def _wake(self, job: Job) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(job.wake)
 
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._run(job)
+            except Exception:  # _run reports its own failures; this keeps the worker alive
+                logger.exception("training job %s could not be run", job.id)
+
     def _run(self, job: Job) -> None:
-        plan = job.plan
-        with job.lock:
-            if job.done:  # cancelled while it waited
-                return
-        if job.cancel_requested.is_set():
-            self._emit(
-                job,
-                JobEvent("cancelled", JobState.CANCELLED, error="cancelled before it started"),
-                JobState.CANCELLED,
-            )
+        # Refused if a cancel got the job first: it never runs.
+        if not self._emit(job, JobEvent("started", JobState.RUNNING)):
             return
-        self._emit(job, JobEvent("started", JobState.RUNNING), JobState.RUNNING)
+        # Emitted once _train's frame (the data, the training spec, a traceback) is gone, so
+        # that the end drops the last reference to the job's data.
+        end = self._train(job)
+        self._emit(job, end)
+
+    def _train(self, job: Job) -> JobEvent:
+        """Trains and commits the job's version; the event that ends the job."""
+        plan = job.plan
         metric = "accuracy" if plan.architecture.task == "classification" else "rmse"
         test = None if plan.x_test is None or plan.y_test is None else (plan.x_test, plan.y_test)
         try:
@@ -294,25 +383,20 @@ class JobManager:
                 )
             path = self.repository.path(plan.model_name, version)
             self.models.load(plan.model_name)  # served from now on
-            job.result = JobResult(plan.model_name, version, str(path), metrics)
-            self._emit(
-                job, JobEvent("finished", JobState.SUCCEEDED, result=job.result), JobState.SUCCEEDED
-            )
             logger.info(
                 "job %s stored %s version %d: %s", job.id, plan.model_name, version, metrics
             )
+            result = JobResult(plan.model_name, version, str(path), metrics)
+            return JobEvent("finished", JobState.SUCCEEDED, result=result)
         except JobCancelled:
-            job.error = f"cancelled after epoch {len(job.history)}"
-            self._emit(
-                job, JobEvent("cancelled", JobState.CANCELLED, error=job.error), JobState.CANCELLED
-            )
+            error = f"cancelled after epoch {len(job.history)}"
+            return JobEvent("cancelled", JobState.CANCELLED, error=error)
         except ServingError as exc:
-            job.error = exc.message
-            self._emit(job, JobEvent("failed", JobState.FAILED, error=job.error), JobState.FAILED)
+            return JobEvent("failed", JobState.FAILED, error=exc.message)
         except Exception as exc:
             logger.exception("job %s failed", job.id)
-            job.error = f"internal error ({type(exc).__name__}); the service log has details"
-            self._emit(job, JobEvent("failed", JobState.FAILED, error=job.error), JobState.FAILED)
+            error = f"internal error ({type(exc).__name__}); the service log has details"
+            return JobEvent("failed", JobState.FAILED, error=error)
 
 
 class _EpochReporter:

@@ -1,6 +1,6 @@
 """The model repository on disk: `<root>/<model>/<version>/` with a `model.json` per version.
 
-A version directory is complete or absent: it is written under a hidden temporary name,
+A version directory is complete or absent: it is written in a hidden staging directory,
 fsynced, and renamed into place under the next free number (claimed at commit time, so
 concurrent writers sharing a repository get distinct versions), so a crash or power cut
 mid-write leaves no half version; hidden or unreadable directories found later are skipped
@@ -32,6 +32,7 @@ __all__ = ["META_FILE", "ModelRepository", "StagedVersion", "VersionMeta"]
 logger = logging.getLogger(__name__)
 
 META_FILE = "model.json"
+_STAGING = ".staging"  # under the root: versions being written (hidden: never a model name)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -134,18 +135,23 @@ class ModelRepository:
         """Yields a staging directory to write a new version of `model` into. On clean exit
         the directory is made durable and becomes `<model>/<N>` with the next free number,
         picked now rather than at the start (a concurrent writer may have committed
-        meanwhile), and `version` says which; on error it is removed."""
+        meanwhile), and `version` says which; on error it is removed.
+
+        Staging directories live in `<root>/.staging/`, outside every model's directory, so
+        a writer killed mid-write leaves nothing a reader of the model could trip on (nor a
+        model directory with no version in it)."""
         directory = self.root / check_model_name(model)
-        created = not directory.exists()
-        staged = StagedVersion(directory / f".tmp-{uuid.uuid4().hex}")
-        # parents: a concurrent writer's failed first version may just have removed the
-        # model directory.
-        staged.path.mkdir(parents=True)
+        staging_root = self.root / _STAGING
+        staging_root.mkdir(exist_ok=True)
+        staged = StagedVersion(staging_root / f"{model}-{uuid.uuid4().hex}")
+        staged.path.mkdir()
         try:
             yield staged
             if not (staged.path / META_FILE).is_file():
                 raise RepositoryError(f"new version of '{model}' was written without metadata")
             _sync_tree(staged.path)
+            created = not directory.exists()
+            directory.mkdir(exist_ok=True)
             staged.version = _claim(staged.path, directory)
             _fsync_dir(directory)
             if created:
@@ -153,11 +159,6 @@ class ModelRepository:
         finally:
             if staged.path.exists():
                 shutil.rmtree(staged.path, ignore_errors=True)
-            # A new model whose first version failed leaves nothing behind (an empty
-            # directory would show up as a model that cannot load).
-            if created and staged.version == 0:
-                with suppress(OSError):  # not empty: another writer's version is in it
-                    directory.rmdir()
 
     @staticmethod
     def write_meta(directory: Path, meta: VersionMeta) -> None:

@@ -181,6 +181,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         data_dir=settings.data_dir,
         tensorboard_dir=settings.tensorboard_dir,
         max_pending=settings.max_pending_jobs,
+        stop_timeout_s=settings.job_stop_timeout_s,
         limits=TrainingLimits(
             max_classes=settings.train_max_classes,
             max_input_values=settings.train_max_input_values,

@@ -71,6 +71,9 @@ class ServiceSettings(BaseSettings):
     data_dir: Path = Path("data")
     tensorboard_dir: Path = Path("runs")
     max_pending_jobs: int = Field(default=8, ge=1)
+    # Seconds shutdown waits for a running training job to end the epoch it is in once
+    # cancelled; past it the process exits without it (the job commits no version).
+    job_stop_timeout_s: float = Field(default=30.0, ge=0)
     # The biggest training job taken (README, "Training limits"); past any of these a job is
     # refused with RESOURCE_EXHAUSTED before a model is built. The defaults fit a 2 GiB pod.
     train_max_classes: int = Field(default=1000, ge=2)

@@ -55,9 +55,10 @@ def test_staging_directory_is_hidden_until_the_context_exits(repo: ModelReposito
     with repo.new_version("m") as staged:
         assert staged.version == 0  # not numbered until it is committed
         staging = staged.path
-        assert staging.parent == repo.root / "m"
-        assert staging.name.startswith(".tmp-")
-        assert repo.versions("m") == []
+        assert staging.parent == repo.root / ".staging"
+        assert staging.name.startswith("m-")
+        # Outside the model's directory: no reader sees the model before its version.
+        assert repo.models() == []
         repo.write_meta(staging, META)
     assert staged.version == 1
     assert repo.versions("m") == [1]
@@ -226,7 +227,7 @@ def test_a_writer_that_renames_onto_the_claim_moves_on_to_the_next(
     def other_writer_renames_first(src: Any, dst: Any) -> None:
         if not raced:
             raced.append(str(dst))
-            other = repo.root / "m" / ".tmp-other"
+            other = repo.root / ".staging" / "other"
             other.mkdir()
             repo.write_meta(other, META)
             rename(other, dst)

@@ -5,10 +5,7 @@ log pipeline filters on (method, code, latency, request id, model, version, fram
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +56,11 @@ class LoggingService:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggingService]:
+def service(
+    tmp_path_factory: pytest.TempPathFactory, seeded_repository: Callable[[], Path]
+) -> Iterator[LoggingService]:
     work = tmp_path_factory.mktemp("json-logs")
-    repository = work / "models"
-    seed = [sys.executable, "-m", MODULE, "seed", "--model-repository", str(repository)]
-    subprocess.run(seed, check=True, env={**os.environ, **ENV}, timeout=60)
+    repository = seeded_repository()
     log = work / "service.log"
     with log.open("wb") as stderr:
         process = launch(

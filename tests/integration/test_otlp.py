@@ -5,13 +5,11 @@ service's span a child of the gateway's."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -92,7 +90,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(seeded_repository: Callable[[], Path]) -> Iterator[Stack]:
     collector = Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service.add_TraceServiceServicer_to_server(collector, server)
@@ -104,9 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Export within a fifth of a second (the batch processor's default waits 5 s).
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    repository = tmp_path_factory.mktemp("otlp") / "models"
-    seed = [sys.executable, "-m", MODULE, "seed", "--model-repository", str(repository)]
-    subprocess.run(seed, check=True, env={**os.environ, **ENV}, timeout=60)
+    repository = seeded_repository()
     service = launch(
         "fake",
         MODULE,

@@ -4,12 +4,10 @@ that worker's calls only."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -23,7 +21,12 @@ from tests.integration.oip import SEED_MODEL, eventually, price_request, prices
 
 MODULE = "tests.integration.fake_service"
 WORKERS = 2
-ENV = {"TWINSERVE_LOG_LEVEL": "WARNING", "TWINSERVE_REPOSITORY_POLL_S": "0"}
+# A short grace period: nothing is in flight at the end, and the supervisor waits on it.
+ENV = {
+    "TWINSERVE_LOG_LEVEL": "WARNING",
+    "TWINSERVE_REPOSITORY_POLL_S": "0",
+    "TWINSERVE_GRACE_PERIOD_S": "1",
+}
 REQUESTS = "twinserve_inference_requests_total"
 
 
@@ -69,10 +72,8 @@ def _call_on_a_new_connection(address: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, int]]:
-    repository = tmp_path_factory.mktemp("worker-metrics") / "models"
-    seed = [sys.executable, "-m", MODULE, "seed", "--model-repository", str(repository)]
-    subprocess.run(seed, check=True, env={**os.environ, **ENV}, timeout=60)
+def workers(seeded_repository: Callable[[], Path]) -> Iterator[tuple[Process, int]]:
+    repository = seeded_repository()
     metrics_port = _free_port_pair()
     env = {**ENV, "TWINSERVE_WORKERS": str(WORKERS), "TWINSERVE_METRICS_PORT": str(metrics_port)}
     # The supervisor writes its port file once every worker listens (metrics included).

@@ -125,6 +125,7 @@ def _train_request(args: argparse.Namespace) -> tpb.TrainRequest:
         model_name=args.model,
         architecture=args.architecture,
         device=args.device,
+        replace_signature=args.replace_signature,
     )
     if args.csv:
         request.dataset.csv.path = args.csv
@@ -244,6 +245,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=("adam", "sgd"))
     t.add_argument("--seed", type=int)
     t.add_argument("--validation-split", dest="validation_split", type=float)
+    t.add_argument(
+        "--replace-signature",
+        dest="replace_signature",
+        action="store_true",
+        help="store the version even if its inputs/outputs differ from the served version's",
+    )
 
     j = commands.add_parser("jobs", help="list training jobs")
     j.add_argument("--framework", choices=("tensorflow", "pytorch"))

@@ -92,8 +92,13 @@ def _lines(handle: TextIO, limit: int) -> Iterator[str]:
         yield line
 
 
-def _columns(header: list[str], order: CsvData, shown: str) -> list[int]:
+def _columns(header: list[str], order: CsvData, shown: str, max_columns: int) -> list[int]:
     """Indices in a row of the feature columns, then of the target."""
+    if len(order.feature_columns) > max_columns:
+        raise ResourceExhausted(
+            f"the request names {len(order.feature_columns)} feature columns; this service "
+            f"trains on at most {max_columns} features (TWINSERVE_TRAIN_MAX_INPUT_VALUES)"
+        )
     names = [name.strip() for name in header]
     listing = ", ".join(escape(n, 40) for n in names[:20])
     listing += f", ... ({len(names)} in all)" if len(names) > 20 else ""
@@ -105,7 +110,8 @@ def _columns(header: list[str], order: CsvData, shown: str) -> list[int]:
         )
     target = order.target_column or names[-1]
     features = list(order.feature_columns) or [c for c in names if c != target]
-    missing = [escape(c, 40) for c in [*features, target] if c not in names]
+    known = set(names)
+    missing = [escape(c, 40) for c in [*features, target] if c not in known]
     if missing:
         raise InvalidInput(
             f"CSV file {shown} has no column(s) {', '.join(missing[:5])} (columns: {listing})"
@@ -138,7 +144,7 @@ def _read(
             f"CSV file {shown} has {len(header)} columns; this service trains on at most "
             f"{max_columns} features (TWINSERVE_TRAIN_MAX_INPUT_VALUES)"
         )
-    indices = _columns(header, order, shown)
+    indices = _columns(header, order, shown, max_columns)
     names = [header[i].strip() for i in indices]
     values: array[float] = array("d")
     features = len(indices) - 1

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from gateway.server import Gateway
+from serving import cli
 from serving.backend import TrainSpec
 from serving.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
@@ -338,3 +339,20 @@ def _ready(stub: Stub) -> bool:
         return stub.ModelReady(pb.ModelReadyRequest(name=SEED_MODEL)).ready
     except grpc.RpcError:
         return False
+
+
+def test_the_cli_asks_to_replace_a_signature(
+    default: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--url", f"127.0.0.1:{default.service.port}", "train", "--model", "cli-sig"]
+    argv += ["--architecture", "mlp", "--dataset", "house_features", "--epochs", "1"]
+    assert default.train(train_request("cli-sig", line(3, 1)))[-1].finished.version == 1
+    for extra, code, shown in (
+        ([], 1, "FAILED_PRECONDITION"),
+        (["--replace-signature"], 0, "stored cli-sig version 2"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*argv, *extra])
+        captured = capsys.readouterr()
+        assert int(exit_info.value.code or 0) == code
+        assert shown in captured.out + captured.err

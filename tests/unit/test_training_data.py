@@ -461,6 +461,10 @@ def test_csv_past_the_limits_is_refused_while_it_is_read(data_dir: Path) -> None
     )
     rows = _write(data_dir, "rows.csv", "a,b\n" + "1,2\n" * 401)
     _limited(data_dir, ResourceExhausted, "more than 400 feature values", dataset=CsvData(rows))
+    many = CsvData("house.csv", tuple(f"c{i}" for i in range(65)), "price")
+    _limited(
+        data_dir, ResourceExhausted, "names 65 feature columns", architecture="mlp", dataset=many
+    )
     line = _write(data_dir, "line.csv", "a,b\n" + "1" * 5000 + ",2\n")
     _limited(data_dir, InvalidInput, "line 2 is longer than 2112 characters", dataset=CsvData(line))
 

@@ -11,19 +11,22 @@ comes with, so a hostile shape cannot make the server allocate.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Final
 
 import numpy as np
 
 from serving.errors import InvalidInput, ResourceExhausted
 from serving.pb import inference_pb2 as pb
-from serving.types import InputTensor, ParamValue
+from serving.types import EncodedInput, InputTensor, ParamValue
 
 __all__ = [
     "DATATYPES",
+    "MAX_RANK",
+    "check_inputs",
+    "check_rank",
     "decode_inputs",
     "decode_tensor",
     "encode_tensor",
@@ -74,6 +77,8 @@ _FROM_NUMPY: Final[dict[np.dtype[Any], str]] = {
 
 _LENGTH = struct.Struct("<I")
 _MAX_BYTES: Final = 2**63 - 1
+# NumPy's largest rank (numpy.ndarray's `ndim`, 64 since NumPy 2).
+MAX_RANK: Final = 64
 
 
 def numpy_to_datatype(dtype: np.dtype[Any]) -> str:
@@ -85,17 +90,44 @@ def numpy_to_datatype(dtype: np.dtype[Any]) -> str:
         raise InvalidInput(f"no protocol datatype for NumPy dtype {dtype}") from None
 
 
+def check_rank(what: str, rank: int) -> None:
+    """Refuses a shape of more dimensions than NumPy allows; `what` names the tensor."""
+    if rank > MAX_RANK:
+        raise InvalidInput(
+            f"{what}: the shape has {rank} dimensions; at most {MAX_RANK} are allowed "
+            "(NumPy's limit): send the tensor with fewer dimensions"
+        )
+
+
 def _check_shape(name: str, shape: Sequence[int], dtype: np.dtype[Any]) -> int:
-    """Validates a declared shape and returns its element count."""
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
-    count = math.prod(shape)
+    """Validates a declared shape and returns its element count. The rank is bounded before
+    anything else and the product stops growing past any size a tensor can have: multiplying
+    thousands of huge dimensions as Python integers froze the event loop for seconds."""
+    check_rank(f"input '{name}'", len(shape))
+    count, empty = 1, False
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if dim == 0:
+            empty = True
+        elif count <= _MAX_BYTES:
+            count *= dim
     # NumPy refuses a shape whose nonzero dimensions overflow its byte count even when another
     # dimension is 0 ([0, 2**62]): refused here, or reshape's ValueError would be INTERNAL
-    # (found by tests/integration/test_fuzz.py). A nonempty huge shape fails the length checks.
-    if count == 0 and math.prod(dim for dim in shape if dim) * dtype.itemsize > _MAX_BYTES:
-        raise InvalidInput(f"input '{name}': shape {list(shape)} is too large")
+    # (found by tests/integration/test_fuzz.py). A nonempty huge shape fails the checks of its
+    # contents (INVALID_ARGUMENT: no message can fill it).
+    if empty:
+        if count * dtype.itemsize > _MAX_BYTES:
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} is too large for any tensor, even empty"
+            )
+        return 0
     return count
+
+
+def _amount(count: int) -> str:
+    # `_check_shape` stops multiplying past _MAX_BYTES: past it, the count is a lower bound.
+    return str(count) if count <= _MAX_BYTES else f"more than {_MAX_BYTES}"
 
 
 def _check_datatype(name: str, datatype: str) -> np.dtype[Any]:
@@ -179,23 +211,48 @@ def serialize_bytes(values: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def _decode_raw(
-    name: str, datatype: str, shape: tuple[int, ...], raw: bytes, limit: int | None = None
-) -> np.ndarray:
+def _check_raw(
+    name: str, datatype: str, shape: tuple[int, ...], raw: bytes, limit: int | None
+) -> EncodedInput:
+    """Checks a raw tensor's shape against its bytes, then against `limit`: a shape that the
+    bytes do not fill (or overfill) is the client's mistake (INVALID_ARGUMENT, as in Triton),
+    never a size to refuse as RESOURCE_EXHAUSTED."""
     dtype = _check_datatype(name, datatype)
     count = _check_shape(name, shape, dtype)
     if datatype == "BYTES":
+        # Every element has at least its 4-byte length.
+        if count * _LENGTH.size > len(raw):
+            raise InvalidInput(
+                f"input '{name}': shape {list(shape)} holds {_amount(count)} BYTES elements, "
+                f"which need at least {_amount(count * _LENGTH.size)} bytes of length "
+                f"prefixes; the data holds "
+                f"{len(raw)}"
+            )
         # An object slot per element, and the element bytes copied out of the message.
         _check_footprint(name, shape, count * dtype.itemsize + len(raw), limit)
-        return deserialize_bytes(name, raw, count).reshape(shape)
-    # BF16 is widened to FP32.
-    _check_footprint(name, shape, count * (4 if datatype == "BF16" else dtype.itemsize), limit)
+        return EncodedInput(
+            name, datatype, shape, count, partial(_decode_raw_bytes, name, shape, raw, count)
+        )
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
             f"input '{name}': raw contents hold {len(raw)} bytes, but shape {list(shape)} "
-            f"of {datatype} needs {expected}"
+            f"of {datatype} needs {_amount(expected)}; send exactly the bytes the shape declares"
         )
+    # BF16 is widened to FP32.
+    _check_footprint(name, shape, count * (4 if datatype == "BF16" else dtype.itemsize), limit)
+    work = count if datatype in ("BF16", "BOOL") else 0
+    return EncodedInput(
+        name, datatype, shape, work, partial(_decode_raw_numbers, name, datatype, shape, raw)
+    )
+
+
+def _decode_raw_bytes(name: str, shape: tuple[int, ...], raw: bytes, count: int) -> np.ndarray:
+    return deserialize_bytes(name, raw, count).reshape(shape)
+
+
+def _decode_raw_numbers(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+    dtype = _NUMPY[datatype]
     if datatype == "BOOL":
         # One byte per element, 0 or 1: anything else is not a bool the client meant.
         octets = np.frombuffer(raw, dtype=np.uint8)
@@ -205,17 +262,16 @@ def _decode_raw(
     return _bf16_to_fp32(array) if datatype == "BF16" else array
 
 
-def _decode_typed(
+def _check_typed(
     name: str,
     datatype: str,
     shape: tuple[int, ...],
     contents: pb.InferTensorContents,
-    limit: int | None = None,
-) -> np.ndarray:
+    limit: int | None,
+) -> EncodedInput:
+    """Checks typed contents' field and count against the shape, then against `limit`."""
     dtype = _check_datatype(name, datatype)
     count = _check_shape(name, shape, dtype)
-    # Integers are range-checked as 64-bit first; BYTES take an object slot each.
-    _check_footprint(name, shape, count * (8 if dtype.kind in "iuO" else dtype.itemsize), limit)
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise InvalidInput(
@@ -230,32 +286,54 @@ def _decode_typed(
     values = getattr(contents, field)
     if len(values) != count:
         raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {count} elements, "
-            f"contents hold {len(values)}"
+            f"input '{name}': shape {list(shape)} needs {_amount(count)} elements, "
+            f"contents hold {len(values)}; send exactly the elements the shape declares"
         )
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=np.object_)
-        array[:] = list(values)
-        return array.reshape(shape)
+    # Integers are range-checked as 64-bit first; BYTES take an object slot each.
+    _check_footprint(name, shape, count * (8 if dtype.kind in "iuO" else dtype.itemsize), limit)
+    return EncodedInput(
+        name, datatype, shape, count, partial(_decode_typed, name, datatype, shape, values)
+    )
+
+
+def _decode_typed(name: str, datatype: str, shape: tuple[int, ...], values: Any) -> np.ndarray:
+    dtype = _NUMPY[datatype]
     if dtype.kind in "iu":
-        wide = np.asarray(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
+        wide = _copy_out(values, np.dtype(np.int64 if dtype.kind == "i" else np.uint64))
         info = np.iinfo(dtype)
         if wide.size and (wide.min() < info.min or wide.max() > info.max):
             raise InvalidInput(f"input '{name}': a value is out of range for {datatype}")
-        return wide.astype(dtype).reshape(shape)
-    return np.asarray(values, dtype=dtype).reshape(shape)
+        return wide.astype(dtype, copy=False).reshape(shape)
+    return _copy_out(values, dtype).reshape(shape)
+
+
+# Elements copied between protobuf and NumPy in one C call (~1-2 ms): a call holds the GIL
+# throughout, so a big tensor copied whole on a thread would still stall the event loop.
+_CHUNK: Final = 2**14
+
+
+def _copy_out(values: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    """Typed contents (a repeated field) as a NumPy array, copied a chunk at a time."""
+    out = np.empty(len(values), dtype=dtype)
+    if len(values) <= _CHUNK:
+        out[:] = list(values) if dtype.kind == "O" else values
+        return out
+    for start in range(0, len(values), _CHUNK):
+        out[start : start + _CHUNK] = values[start : start + _CHUNK]
+    return out
 
 
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
     """Decodes one raw tensor (also used by clients and tests)."""
-    return _decode_raw(name, datatype, tuple(shape), raw)
+    return _check_raw(name, datatype, tuple(shape), raw, None).decode()
 
 
-def decode_inputs(
+def check_inputs(
     request: pb.ModelInferRequest, *, max_tensor_bytes: int | None = None
-) -> list[InputTensor]:
-    """The request's inputs as arrays; with `max_tensor_bytes`, an input whose declared shape
-    would decode to more is refused (RESOURCE_EXHAUSTED) before allocation."""
+) -> list[EncodedInput]:
+    """The request's inputs, each checked for a known datatype, a shape its contents fill
+    exactly, and (with `max_tensor_bytes`) a decoded size within the limit (RESOURCE_EXHAUSTED
+    past it); nothing is decoded or allocated yet."""
     inputs = request.inputs
     raw = request.raw_input_contents
     typed = [i.name for i in inputs if i.HasField("contents") and i.contents.ListFields()]
@@ -270,20 +348,31 @@ def decode_inputs(
             "send one entry per input, in input order"
         )
     seen: set[str] = set()
-    decoded: list[InputTensor] = []
+    checked: list[EncodedInput] = []
     for index, tensor in enumerate(inputs):
         if tensor.name in seen:
             raise InvalidInput(f"input '{tensor.name}' appears more than once")
         seen.add(tensor.name)
+        check_rank(f"input '{tensor.name}'", len(tensor.shape))  # before the shape is copied
         shape = tuple(tensor.shape)
         if raw:
-            array = _decode_raw(tensor.name, tensor.datatype, shape, raw[index], max_tensor_bytes)
+            item = _check_raw(tensor.name, tensor.datatype, shape, raw[index], max_tensor_bytes)
         else:
-            array = _decode_typed(
+            item = _check_typed(
                 tensor.name, tensor.datatype, shape, tensor.contents, max_tensor_bytes
             )
-        decoded.append(InputTensor(tensor.name, tensor.datatype, array))
-    return decoded
+        checked.append(item)
+    return checked
+
+
+def decode_inputs(
+    request: pb.ModelInferRequest, *, max_tensor_bytes: int | None = None
+) -> list[InputTensor]:
+    """The request's inputs as arrays, after `check_inputs`."""
+    return [
+        InputTensor(item.name, item.datatype, item.decode())
+        for item in check_inputs(request, max_tensor_bytes=max_tensor_bytes)
+    ]
 
 
 def _as_datatype(array: np.ndarray, datatype: str) -> np.ndarray:
@@ -308,10 +397,12 @@ def encode_tensor(
     data = _as_datatype(array, datatype)
     if binary:
         return serialize_bytes(data) if datatype == "BYTES" else data.tobytes()
-    field = _CONTENTS_FIELD[datatype]
+    contents = getattr(tensor.contents, _CONTENTS_FIELD[datatype])
     flat = data.ravel()
-    values = [_as_bytes(v) for v in flat] if datatype == "BYTES" else flat.tolist()
-    getattr(tensor.contents, field).extend(values)
+    # A chunk at a time, as `_copy_out`, to let the event loop run while a thread encodes.
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        contents.extend([_as_bytes(v) for v in chunk] if datatype == "BYTES" else chunk.tolist())
     return None
 
 

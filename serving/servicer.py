@@ -122,8 +122,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         # An unknown model is reported before anything about the inputs, as Triton does.
         self.manager.get(request.model_name, request.model_version)
-        decoded = request_from_pb(request, max_tensor_bytes=self.max_tensor_bytes)
-        return response_to_pb(await self.dataplane.infer(decoded))
+        checked = request_from_pb(request, max_tensor_bytes=self.max_tensor_bytes)
+        return await self.dataplane.infer(checked, response_to_pb)
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
@@ -178,16 +178,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 inference_count=stats.inference_count,
                 execution_count=stats.execution_count,
             )
+            infer = entry.inference_stats
             for duration, source in (
-                (entry.inference_stats.success, stats.success),
-                (entry.inference_stats.fail, stats.fail),
-                (entry.inference_stats.queue, stats.queue),
-                (entry.inference_stats.compute_infer, stats.compute_infer),
+                (infer.success, stats.success),
+                (infer.fail, stats.fail),
+                (infer.queue, stats.queue),
+                (infer.compute_input, stats.compute_input),
+                (infer.compute_infer, stats.compute_infer),
+                (infer.compute_output, stats.compute_output),
             ):
                 duration.count, duration.ns = source.count, source.ns
             for rows, calls in sorted(stats.batches.items()):
                 batch = entry.batch_stats.add(batch_size=rows)
-                batch.compute_infer.count, batch.compute_infer.ns = calls.count, calls.ns
+                for duration, source in (
+                    (batch.compute_input, calls.compute_input),
+                    (batch.compute_infer, calls.compute_infer),
+                    (batch.compute_output, calls.compute_output),
+                ):
+                    duration.count, duration.ns = source.count, source.ns
         return response
 
     async def RepositoryIndex(

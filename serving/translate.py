@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from serving.codec import decode_inputs, encode_tensor, param_from_pb, param_to_pb, typed_allowed
+from serving.codec import check_inputs, encode_tensor, param_from_pb, param_to_pb, typed_allowed
 from serving.errors import InvalidInput, Unsupported
 from serving.pb import inference_pb2 as pb
 from serving.types import InferRequest, InferResponse, ParamValue, RequestedOutput
@@ -62,7 +62,9 @@ def request_from_pb(
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
-        inputs=decode_inputs(request, max_tensor_bytes=max_tensor_bytes),
+        # Checked against their contents here, decoded by the data plane once it has checked
+        # them against the model.
+        inputs=check_inputs(request, max_tensor_bytes=max_tensor_bytes),
         id=request.id,
         parameters=params,
         outputs=outputs,

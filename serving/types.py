@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
+    "EncodedInput",
     "InferRequest",
     "InferResponse",
     "InputTensor",
@@ -53,6 +55,20 @@ class InputTensor:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedInput:
+    """An input whose header and size were checked against its contents, still in its wire
+    form: the data plane checks the header against the model before paying for `decode`."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    # Elements `decode` handles one at a time (typed contents, BYTES); 0 for a zero-copy view.
+    # Big ones are decoded off the event loop.
+    work: int
+    decode: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestedOutput:
     name: str
     binary: bool = True
@@ -62,7 +78,7 @@ class RequestedOutput:
 class InferRequest:
     model_name: str
     model_version: str
-    inputs: list[InputTensor]
+    inputs: list[EncodedInput]
     id: str = ""
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     # Empty means "every output the model declares".

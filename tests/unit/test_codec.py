@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from serving.codec import (
+    check_inputs,
     decode_inputs,
     decode_tensor,
     encode_tensor,
@@ -146,7 +147,7 @@ def test_response_to_pb_then_request_from_pb_keeps_output_order() -> None:
         request.inputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
     decoded = request_from_pb(request)
     for tensor in decoded.inputs:
-        _assert_same(tensor.data, outputs[tensor.name], datatypes[tensor.name])
+        _assert_same(tensor.decode(), outputs[tensor.name], datatypes[tensor.name])
 
 
 def test_response_is_all_typed_when_every_output_asks_for_it() -> None:
@@ -345,7 +346,7 @@ def test_binary_data_output_must_be_bool() -> None:
     [
         ("FP32", [2**40, 2**40], b"\0" * 8, "[1099511627776, 1099511627776]"),
         ("INT64", [2**62, 2], b"\0" * 8, "[4611686018427387904, 2]"),
-        ("BYTES", [2**40, 2**40], b"\0" * 8, "1208925819614629174706176 BYTES elements"),
+        ("BYTES", [2**40, 2**40], b"\0" * 8, "more than 9223372036854775807 BYTES elements"),
         # Small enough to allocate (128 MiB of object pointers) but far more elements
         # than the data can hold: refused before allocating.
         ("BYTES", [2**24], b"\x00\x00\x00\x00", "16777216 BYTES elements"),
@@ -368,7 +369,9 @@ def test_huge_shape_is_refused_without_allocating(
 def test_huge_shape_typed_is_refused_without_allocating() -> None:
     tracemalloc.start()
     try:
-        with pytest.raises(InvalidInput, match="needs 1208925819614629174706176 elements"):
+        with pytest.raises(
+            InvalidInput, match="needs more than 9223372036854775807 elements, contents hold 1"
+        ):
             decode_inputs(_request(_tensor("FP32", [2**40, 2**40], fp32_contents=[1.0])))
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -378,3 +381,59 @@ def test_huge_shape_typed_is_refused_without_allocating() -> None:
 
 def test_raw_bool_bytes_must_be_zero_or_one() -> None:
     _refused(_request(_tensor("BOOL", [3]), raw=[b"\x01\x00\x02"]), "'x'", "0 or 1")
+
+
+@pytest.mark.parametrize(
+    ("datatype", "itemsize"),
+    [("BOOL", 1), ("INT8", 1), ("FP16", 2), ("BF16", 2), ("FP32", 4), ("INT64", 8)],
+)
+@pytest.mark.parametrize("extra_items", [1, 0])
+def test_raw_contents_longer_than_the_shape_are_refused(
+    datatype: str, itemsize: int, extra_items: int
+) -> None:
+    """Neither accepted nor cut to the shape (a whole extra element, or one stray byte)."""
+    extra = itemsize * extra_items or 1
+    raw = b"\0" * (2 * itemsize + extra)
+    _refused(
+        _request(_tensor(datatype, [2]), raw=[raw]),
+        f"raw contents hold {len(raw)} bytes",
+        f"needs {2 * itemsize}",
+    )
+
+
+def test_raw_bytes_elements_past_the_shape_are_refused() -> None:
+    raw = b"\x01\x00\x00\x00a\x01\x00\x00\x00b"
+    _refused(_request(_tensor("BYTES", [1]), raw=[raw]), "5 trailing bytes after 1 BYTES")
+
+
+@pytest.mark.parametrize("rank", [65, 300, 30_000])
+@pytest.mark.parametrize("typed", [False, True])
+def test_too_many_dimensions_are_refused_at_once(rank: int, typed: bool) -> None:
+    tensor = _tensor("FP32", [2**62] * rank, **({"fp32_contents": [1.0]} if typed else {}))
+    request = _request(tensor) if typed else _request(tensor, raw=[b""])
+    _refused(request, f"{rank} dimensions; at most 64")
+
+
+def test_a_huge_shape_of_the_largest_rank_is_refused_for_its_contents() -> None:
+    """64 dimensions of 2**62: the count stops growing once past any possible size, and the
+    shape the contents do not fill is the client's mistake (not RESOURCE_EXHAUSTED)."""
+    request = _request(_tensor("FP32", [2**62] * 64), raw=[b""])
+    with pytest.raises(InvalidInput, match=r"raw contents hold 0 bytes.* needs more than"):
+        decode_inputs(request, max_tensor_bytes=1024)
+
+
+def test_checking_inputs_decodes_nothing() -> None:
+    """check_inputs reads headers and sizes only: BYTES elements are not split out until
+    `decode` (the data plane checks them against the model first)."""
+    raw = b"\0" * (4 << 20)
+    tracemalloc.start()
+    try:
+        (checked,) = check_inputs(_request(_tensor("BYTES", [1 << 20]), raw=[raw]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (checked.shape, checked.work) == ((1 << 20,), 1 << 20)
+    # The message's bytes are read out once (protobuf hands out a copy); no element slots
+    # (8 MiB of pointers) nor element objects are made.
+    assert peak < len(raw) + (1 << 16)
+    assert checked.decode().shape == (1 << 20,)

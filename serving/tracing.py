@@ -8,9 +8,10 @@ tracing stays off. Only `__main__` modules call `configure`; the rest asks `enab
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -55,25 +56,69 @@ def configure(service_name: str, *, exporter: Any = None) -> bool:
     return True
 
 
-def server_span(
-    method: str, context: grpc.aio.ServicerContext[Any, Any]
-) -> AbstractContextManager[Any]:
+# OpenTelemetry's gRPC conventions: a server span is an error only for these codes; the rest
+# (INVALID_ARGUMENT, NOT_FOUND, ...) are the client's business and leave its status unset.
+_SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _call_status(
+    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None
+) -> grpc.StatusCode:
+    """The status the call ends with: what the handler (or its abort) set, else OK, or
+    CANCELLED when the caller went away."""
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(code, int):
+        return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+
+
+@contextmanager
+def server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
     """The span of one call, a child of the caller's `traceparent` if it sent one; a no-op
-    while tracing is off."""
+    while tracing is off. It records the call's `rpc.grpc.status_code`; the abort that
+    carries a status out of the handler is how a status is sent, not an exception to record."""
     if _tracer is None:
-        return nullcontext()
+        yield
+        return
     from opentelemetry.propagate import extract  # noqa: PLC0415
-    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: PLC0415
 
     carrier = {
         key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
     }
-    return _tracer.start_as_current_span(  # type: ignore[no-any-return]
+    with _tracer.start_as_current_span(
         method.rpartition("/")[2],
         context=extract(carrier),
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.method": method},
-    )
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        failure: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            code = _call_status(context, failure)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_ERRORS:
+                span.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

@@ -15,10 +15,11 @@ from typing import Any
 import grpc
 import pytest
 
+from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.stack import Process, launch
 from tests.integration.conftest import WAIT_S
-from tests.integration.oip import eventually, price_request, prices
+from tests.integration.oip import SEED_MODEL, eventually, price_request, prices, rpc_error
 
 trace_service = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
@@ -32,6 +33,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: E4
 from opentelemetry.proto.trace.v1 import trace_pb2  # noqa: E402
 
 MODULE = "tests.integration.fake_service"
+UNSET = trace_pb2.Status.StatusCode.STATUS_CODE_UNSET
+ERROR = trace_pb2.Status.StatusCode.STATUS_CODE_ERROR
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ENV = {"TWINSERVE_LOG_LEVEL": "WARNING", "TWINSERVE_REPOSITORY_POLL_S": "0"}
 
@@ -44,7 +47,14 @@ class Span:
     trace_id: bytes
     span_id: bytes
     parent_span_id: bytes
-    attributes: dict[str, str]
+    attributes: dict[str, object]
+    status: int  # trace_pb2.Status.StatusCode
+    events: tuple[str, ...]
+
+
+def _value(value: Any) -> object:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
 
 
 class Collector(trace_service.TraceServiceServicer):
@@ -70,7 +80,9 @@ class Collector(trace_service.TraceServiceServicer):
                             trace_id=span.trace_id,
                             span_id=span.span_id,
                             parent_span_id=span.parent_span_id,
-                            attributes={a.key: a.value.string_value for a in span.attributes},
+                            attributes={a.key: _value(a.value) for a in span.attributes},
+                            status=span.status.code,
+                            events=tuple(event.name for event in span.events),
                         )
                     )
         with self._lock:
@@ -157,6 +169,8 @@ def test_a_request_through_the_gateway_arrives_as_one_trace(stack: Stack) -> Non
     for span in (outer, inner):
         assert span.attributes["rpc.system"] == "grpc"
         assert span.attributes["rpc.method"] == INFER
+        assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+        assert span.status == UNSET and span.events == ()
 
 
 def test_each_request_is_a_trace_of_its_own(stack: Stack) -> None:
@@ -181,3 +195,54 @@ def test_each_request_is_a_trace_of_its_own(stack: Stack) -> None:
     ), new_traces()
     for spans in new_traces().values():
         assert sorted(span.service for span in spans) == sorted(["gateway", MODULE])
+
+
+def _trace_of(collector: Collector, count: int, before: set[bytes]) -> list[Span]:
+    """The spans of the one new trace, once it has `count` of them."""
+
+    def new() -> list[Span]:
+        return [s for s in collector.spans("ModelInfer") if s.trace_id not in before]
+
+    assert eventually(lambda: len(new()) >= count, timeout=WAIT_S), new()
+    spans = new()
+    assert len({span.trace_id for span in spans}) == 1, spans
+    return spans
+
+
+def test_a_client_mistake_is_recorded_as_its_status_not_as_an_error(stack: Stack) -> None:
+    before = {span.trace_id for span in stack.collector.spans("ModelInfer")}
+    request = price_request(1800.0)
+    request.inputs[0].datatype = "INT32"  # the model takes FP32
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        code, _ = rpc_error(
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request, timeout=10
+        )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    spans = _trace_of(stack.collector, 2, before)
+    assert sorted(span.service for span in spans) == sorted(["gateway", MODULE])
+    for span in spans:
+        # OpenTelemetry's gRPC conventions: a server span's status stays unset for client
+        # errors; the code is an attribute. No exception event: the abort that sends a
+        # status is not an exception of the server.
+        assert span.attributes["rpc.grpc.status_code"] == code.value[0], span
+        assert span.status == UNSET, span
+        assert span.events == (), span
+
+
+# Last in the module: it unloads the model from the service.
+def test_a_server_side_failure_marks_the_spans_as_errors(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.service.address) as channel:
+        pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelUnload(
+            pb.RepositoryModelUnloadRequest(model_name=SEED_MODEL), timeout=10
+        )
+    before = {span.trace_id for span in stack.collector.spans("ModelInfer")}
+    with grpc.insecure_channel(stack.gateway.address) as channel:
+        code, _ = rpc_error(
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer, price_request(1800.0), timeout=10
+        )
+    assert code == grpc.StatusCode.UNAVAILABLE
+    spans = _trace_of(stack.collector, 2, before)
+    assert {span.service for span in spans} == {"gateway", MODULE}
+    for span in spans:
+        assert span.attributes["rpc.grpc.status_code"] == code.value[0], span
+        assert span.status == ERROR, span

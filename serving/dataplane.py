@@ -159,7 +159,7 @@ class DataPlane:
                     loaded.name,
                     loaded.meta.signature,
                     request.inputs,
-                    None if batching is None else batching.max_batch_size,
+                    loaded.max_batch_size or None,
                 )
                 names, binary = _select_outputs(loaded, request)
                 input_start = time.perf_counter_ns()

@@ -38,6 +38,8 @@ class LoadedVersion:
     refs: int = 0  # guarded by the manager's lock
     retired: bool = False
     batching: BatchingConfig | None = None
+    # Rows a request may have (Triton's max_batch_size, with or without batching); 0: any.
+    max_batch_size: int = 0
     # Runtime -> its batcher, made by the data plane on first use (it needs the event loop).
     batchers: dict[str, Batcher] = field(default_factory=dict)
     # Runtime -> nanoseconds of a batch-1 call (the fastest of a few), measured by warm_up.

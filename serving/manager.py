@@ -203,7 +203,14 @@ class ModelManager:
                     unavailable.get(config.runtime, "not exported"),
                 )
             loaded = LoadedVersion(
-                name, version, meta, models, default, unavailable, batching=config.batching
+                name,
+                version,
+                meta,
+                models,
+                default,
+                unavailable,
+                batching=config.batching,
+                max_batch_size=config.max_batch_size,
             )
             warm_up(loaded)
             loaded.load_seconds = time.perf_counter() - started
@@ -276,6 +283,7 @@ class ModelManager:
             if (
                 old is not None
                 and old.batching == config.batching
+                and old.max_batch_size == config.max_batch_size
                 and old.default_runtime
                 == (config.runtime if config.runtime in old.models else "native")
             ):

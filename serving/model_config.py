@@ -5,7 +5,9 @@ version policies) and which runtime answers by default.
     {"version_policy": {"all": {}}}
     {"version_policy": {"specific": {"versions": [1, 3]}}}
 
-Dynamic batching, with Triton's names and meanings (`max_batch_size` > 0 turns it on):
+`max_batch_size` > 0 bounds the rows of every request, as in Triton (a request with more is
+INVALID_ARGUMENT before its contents are decoded); with `dynamic_batching` it is also the
+largest batch. Dynamic batching, with Triton's names and meanings:
 
     {"max_batch_size": 32,
      "dynamic_batching": {"max_queue_delay_microseconds": 500, "preferred_batch_size": [8, 16],
@@ -64,6 +66,7 @@ class ModelConfig:
     policy: VersionPolicy | None = None  # None: the service's default (latest N)
     runtime: str = "native"
     batching: BatchingConfig | None = None  # None: every request runs on its own
+    max_batch_size: int = 0  # rows a request may have (Triton's); 0: no bound
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:
@@ -76,10 +79,12 @@ class ModelConfig:
             unknown = sorted(set(raw) - set(_KEYS))
             if unknown:
                 raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
+            max_batch_size = _count(raw.get("max_batch_size", 0), "max_batch_size")
             return cls(
                 policy=_policy(raw.get("version_policy")),
                 runtime=str(raw.get("runtime", "native")),
-                batching=_batching(raw.get("max_batch_size", 0), raw.get("dynamic_batching")),
+                batching=_batching(max_batch_size, raw.get("dynamic_batching")),
+                max_batch_size=max_batch_size,
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise RepositoryError(f"{path} is not a valid model configuration: {exc}") from exc
@@ -114,15 +119,9 @@ def _count(raw: Any, what: str, *, minimum: int = 0) -> int:
     return raw
 
 
-def _batching(max_batch_size: Any, raw: Any) -> BatchingConfig | None:
-    size = _count(max_batch_size, "max_batch_size")
+def _batching(size: int, raw: Any) -> BatchingConfig | None:
     if raw is None:
-        if size:
-            # Triton would then take client-formed batches up to the size; every model here
-            # takes any batch already, so the only useful meaning is the batcher's.
-            raise ValueError(
-                'max_batch_size is only used by dynamic batching: add "dynamic_batching": {}'
-            )
+        # Without a batcher, max_batch_size only bounds the rows of a request (as in Triton).
         return None
     if size == 0:
         raise ValueError("dynamic_batching needs max_batch_size of at least 1")

@@ -139,14 +139,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         # Triton's convention: with max_batch_size > 0 the dims leave out the batch
         # dimension; with 0 they include it (-1).
-        skip = 0
+        config.max_batch_size = loaded.max_batch_size
+        skip = 1 if loaded.max_batch_size else 0
         if loaded.batching is not None:
             batching = loaded.batching
-            config.max_batch_size = batching.max_batch_size
             config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
             config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
             config.dynamic_batching.default_queue_policy.max_queue_size = batching.max_queue_size
-            skip = 1
         for spec in meta.signature.inputs:
             config.input.add(
                 name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape[skip:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,17 +63,32 @@ def bystander(service: Service) -> Iterator[Stub]:
         yield Stub(channel)
 
 
-@pytest.fixture(scope="module")
-def batching(aio: AioThread, seeded_repository: Callable[[], Path]) -> Iterator[Stub]:
-    """A service whose model batches at most MAX_BATCH rows a call."""
+@contextmanager
+def _configured(
+    aio: AioThread, seeded_repository: Callable[[], Path], config: dict[str, Any]
+) -> Iterator[Stub]:
     root = seeded_repository()
-    config = {"max_batch_size": MAX_BATCH, "dynamic_batching": {}}
     (root / SEED_MODEL / CONFIG_FILE).write_text(json.dumps(config))
     with (
         aio.service(root, AffineBackend(), repository_poll_s=0) as service,
         _channel(service) as channel,
     ):
         yield Stub(channel)
+
+
+@pytest.fixture(scope="module")
+def batching(aio: AioThread, seeded_repository: Callable[[], Path]) -> Iterator[Stub]:
+    """A service whose model batches at most MAX_BATCH rows a call."""
+    config = {"max_batch_size": MAX_BATCH, "dynamic_batching": {}}
+    with _configured(aio, seeded_repository, config) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def bounded(aio: AioThread, seeded_repository: Callable[[], Path]) -> Iterator[Stub]:
+    """A service whose model takes at most MAX_BATCH rows a request, without batching."""
+    with _configured(aio, seeded_repository, {"max_batch_size": MAX_BATCH}) as stub:
+        yield stub
 
 
 def _with_shape(shape: list[int], datatype: str = "FP32", **fields: Any) -> pb.ModelInferRequest:
@@ -244,15 +260,22 @@ def test_big_typed_contents_are_decoded_off_the_event_loop(stub: Stub, bystander
     assert max(latencies) < QUICK_S
 
 
-def test_rows_over_max_batch_size_are_refused_before_decoding(batching: Stub) -> None:
-    """Triton's max_batch_size bounds the rows of every request, and is checked on the
-    header: 8M typed rows are refused without being decoded."""
-    assert len(prices(batching.ModelInfer(price_request(*[1800.0] * MAX_BATCH)))) == MAX_BATCH
-    code, details = rpc_error(batching.ModelInfer, price_request(*[1800.0] * (MAX_BATCH + 1)))
+@pytest.mark.parametrize("batched", [False, True], ids=["unbatched", "batched"])
+def test_rows_over_max_batch_size_are_refused_before_decoding(
+    request: pytest.FixtureRequest, batched: bool
+) -> None:
+    """Triton's max_batch_size bounds the rows of every request, batched or not, and is
+    checked on the header: 8M typed rows are refused without being decoded."""
+    stub = cast(Stub, request.getfixturevalue("batching" if batched else "bounded"))
+    config = stub.ModelConfig(pb.ModelConfigRequest(name=SEED_MODEL)).config
+    assert config.max_batch_size == MAX_BATCH
+    assert config.HasField("dynamic_batching") == batched
+    assert len(prices(stub.ModelInfer(price_request(*[1800.0] * MAX_BATCH)))) == MAX_BATCH
+    code, details = rpc_error(stub.ModelInfer, price_request(*[1800.0] * (MAX_BATCH + 1)))
     assert code == INVALID
     assert f"{MAX_BATCH + 1} rows" in details and "max_batch_size" in details
     rows = 8_000_000
-    code, details, seconds = _timed_error(batching, _typed([rows, 1], [1.0] * rows))
+    code, details, seconds = _timed_error(stub, _typed([rows, 1], [1.0] * rows))
     assert code == INVALID and f"{rows} rows" in details
     assert seconds < QUICK_S
 

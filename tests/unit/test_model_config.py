@@ -106,12 +106,19 @@ def test_batching_reads_tritons_names(tmp_path: Path) -> None:
     # Defaults: no delay, no preferred sizes, a bounded queue.
     config = _read(tmp_path, json.dumps({"max_batch_size": 4, "dynamic_batching": {}}))
     assert config.batching == BatchingConfig(4, 0, (), DEFAULT_MAX_QUEUE_SIZE)
+    assert config.max_batch_size == 4
+
+
+def test_max_batch_size_without_batching_only_bounds_rows(tmp_path: Path) -> None:
+    """Triton's meaning: the rows a request may have, whether or not requests are batched."""
+    config = _read(tmp_path, json.dumps({"max_batch_size": 4}))
+    assert (config.batching, config.max_batch_size) == (None, 4)
+    assert _read(tmp_path, "{}").max_batch_size == 0
 
 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ({"max_batch_size": 4}, "only used by dynamic batching"),
         ({"dynamic_batching": {}}, "needs max_batch_size"),
         ({"max_batch_size": -1, "dynamic_batching": {}}, "max_batch_size must be an integer"),
         ({"max_batch_size": True, "dynamic_batching": {}}, "max_batch_size must be an integer"),

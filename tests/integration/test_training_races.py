@@ -164,3 +164,95 @@ def test_an_ended_job_answers_without_its_training_data(aio: Any, tmp_path: Path
         assert (job.epochs, len(job.history), job.result.version) == (3, 3, 1)
         (listed,) = training.ListJobs(tpb.ListJobsRequest(model_name="big")).jobs
         assert listed.job_id == job_id and listed.state == S.JOB_STATE_SUCCEEDED
+
+
+class _Held(AffineBackend):
+    """Holds each training until `hold` is set, and says when one is inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+
+    def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
+        self.entered.set()
+        assert self.hold.wait(WAIT_S)
+        return super().train(spec, version_dir)
+
+
+class _CancelJobAt:
+    """A job's lock that, at the training thread's k-th acquisition, first has a client's
+    CancelJob call answered: every point where a cancel can meet a job's start and epochs."""
+
+    def __init__(self, training: tpb_grpc.TrainingServiceStub, job_id: str, k: int) -> None:
+        self.training, self.job_id, self.k = training, job_id, k
+        self.inner = threading.Lock()
+        self.count = 0
+        self.fired = False
+        self.answers: list[tpb.Job] = []
+
+    def __enter__(self) -> None:
+        if threading.current_thread().name.startswith("train"):
+            self.count += 1
+            if self.count == self.k:
+                self.fired = True
+                request = tpb.JobRequest(job_id=self.job_id)
+                self.answers.append(self.training.CancelJob(request, timeout=WAIT_S))
+        self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
+def test_cancel_job_at_every_point_of_a_start(aio: Any, tmp_path: Path) -> None:
+    backend = _Held()
+    repository = tmp_path / "models"
+    outcomes = {}
+    with (
+        aio.service(repository, backend, tensorboard_dir=tmp_path / "runs") as service,
+        grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+    ):
+        training = tpb_grpc.TrainingServiceStub(channel)
+        # The training thread takes a job's lock to start it, once per epoch (3) and to end it.
+        for k in range(1, 7):
+            backend.hold.clear()
+            backend.entered.clear()
+            blocker = training.Train(train_request(f"blocker{k}", epochs=1), timeout=WAIT_S)
+            assert backend.entered.wait(WAIT_S)
+            call = training.Train(train_request(f"m{k}", epochs=3), timeout=WAIT_S)
+            assert eventually(lambda k=k: bool(_jobs(training, f"m{k}")), WAIT_S)
+            (queued,) = _jobs(training, f"m{k}")
+            lock = _CancelJobAt(training, queued.job_id, k)
+            service.jobs.get(queued.job_id).lock = lock
+            backend.hold.set()
+            list(blocker)
+            events = list(call)
+            # Fired (if ever) before the job's end; its answer may come after the stream's.
+            assert eventually(lambda lock=lock: len(lock.answers) == lock.fired, WAIT_S)
+            # One end, the last event; a job CancelJob saw CANCELLED never started.
+            ends = [e for e in events if e.state != S.JOB_STATE_RUNNING]
+            assert ends == [events[-1]]
+            if lock.answers and lock.answers[0].state == S.JOB_STATE_CANCELLED:
+                assert kinds(events) == ["error"]
+            job = training.GetJob(tpb.JobRequest(job_id=queued.job_id))
+            assert job.state == events[-1].state
+            outcomes[k] = (
+                [answer.state for answer in lock.answers],
+                job.state,
+                len(job.history),
+                version_dirs(repository, f"m{k}"),
+            )
+    running, cancelled, succeeded = (
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_CANCELLED,
+        S.JOB_STATE_SUCCEEDED,
+    )
+    assert outcomes == {
+        1: ([cancelled], cancelled, 0, []),
+        2: ([running], cancelled, 1, []),
+        3: ([running], cancelled, 2, []),
+        4: ([running], cancelled, 3, []),
+        # Past its last epoch a job completes; CancelJob then finds it as it is.
+        5: ([running], succeeded, 3, ["1"]),
+        6: ([], succeeded, 3, ["1"]),
+    }

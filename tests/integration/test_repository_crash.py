@@ -146,7 +146,7 @@ def test_stop_waits_for_a_stuck_epoch_only_so_long(tmp_path: Path) -> None:
             service.kill()
         _, log = service.communicate(timeout=WAIT_S)
     assert service.returncode == 0, log
-    assert stopped_in < 10, stopped_in
+    assert stopped_in < 20, stopped_in  # grace 0.5 s + 1 s + exit; unbounded: 600 s
     assert f"training job {started.job_id} did not stop within 1.0s" in log
     # The job committed nothing.
     assert not (tmp_path / "models" / "stuck").exists()

@@ -22,7 +22,12 @@ logger = logging.getLogger(__name__)
 class RetryBudget:
     """Retries may add `ratio` on top of the requests of the last `window_s` seconds, and
     `min_per_s` retries a second are allowed however quiet it was (Finagle's retry budget).
-    When every replica fails, a request costs at most 1 + `ratio` calls, not one per replica."""
+    When every replica fails, a request costs at most 1 + `ratio` calls, not one per replica.
+
+    A new budget also holds `initial` retries, spent once and only when the rest is spent
+    (gRPC's retry throttling starts with its token bucket full): in a gateway's first second
+    there are no requests yet to take a ratio of, and a replica that fails calls then must
+    not fail calls the other replicas could answer."""
 
     def __init__(
         self,
@@ -30,14 +35,17 @@ class RetryBudget:
         min_per_s: float = 10.0,
         window_s: int = 10,
         clock: Callable[[], float] = time.monotonic,
+        initial: float = 100.0,
     ) -> None:
         self.ratio = ratio
         self.min_per_s = min_per_s
+        self.initial = initial
         self._clock = clock
         # One slot a second, reused round the ring.
         self._requests = [0] * window_s
         self._retries = [0] * window_s
         self._second = int(clock())
+        self._reserve = self.initial
 
     def _slot(self) -> int:
         now = int(self._clock())
@@ -56,15 +64,19 @@ class RetryBudget:
         allowed = self._retries[slot] < self.min_per_s or sum(self._retries) < self.ratio * sum(
             self._requests
         )
+        if not allowed and self._reserve >= 1:
+            self._reserve -= 1
+            allowed = True
         if allowed:
             self._retries[slot] += 1
         return allowed
 
 
 class ReplicaPool:
-    """Picks replicas in turn (round robin, per call), skipping unhealthy ones and those at
-    `max_inflight`. When no replica is healthy all are tried: a health check can be wrong,
-    and a call to a replica that is really down fails at once."""
+    """Picks replicas in turn (round robin, per call), skipping unhealthy ones, those whose
+    channel is not connected while another's is, and those at `max_inflight`. When no
+    replica is healthy all are tried: a health check can be wrong, and a call to a replica
+    that is really down fails at once."""
 
     def __init__(
         self,
@@ -130,6 +142,10 @@ class ReplicaPool:
                 f"all {len(candidates)} {self.framework} replicas are at their in-flight "
                 f"limit ({self.max_inflight})"
             )
+        # A replica whose channel is not connected (reconnecting after a restart, or in
+        # backoff after a refused connection) could fail the call at once: not while
+        # another one is connected.
+        open_ = [r for r in open_ if r.connected] or open_
         count, start = len(self.replicas), self._next
         chosen = min(open_, key=lambda r: (self.replicas.index(r) - start) % count)
         self._next = (self.replicas.index(chosen) + 1) % count

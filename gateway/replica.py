@@ -128,6 +128,13 @@ class Replica:
         state = "healthy" if self.healthy else "unhealthy"
         return f"Replica({self.framework}@{self.address}, {state}, {self.inflight} in flight)"
 
+    @property
+    def connected(self) -> bool:
+        """Whether the channel has a connection now (READY). Asking also starts connecting
+        an idle channel, so a replica not picked for want of a connection gets one."""
+        state = self.channel.get_state(try_to_connect=True)
+        return state is grpc.ChannelConnectivity.READY
+
     async def check(self, timeout: float) -> bool:
         """Asks the replica's grpc.health.v1 service (overall status, service "")."""
         try:

@@ -141,7 +141,11 @@ async def create_server(settings: GatewaySettings) -> Gateway:
             server_name=settings.upstream_tls_server_name,
             max_inflight=settings.max_inflight_per_replica,
             health_interval=settings.health_interval_s,
-            retry_budget=RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s),
+            retry_budget=RetryBudget(
+                settings.retry_budget_ratio,
+                settings.retry_budget_min_per_s,
+                initial=settings.retry_budget_initial,
+            ),
         )
         for framework, url in urls.items()
     }

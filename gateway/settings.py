@@ -48,6 +48,9 @@ class GatewaySettings(BaseSettings):
     # on top of the last 10 s of requests, plus retry_budget_min_per_s a second.
     retry_budget_ratio: float = Field(default=0.2, ge=0)
     retry_budget_min_per_s: float = Field(default=10.0, ge=0)
+    # Retries a new gateway may spend before there are requests to take a ratio of (spent
+    # once, when the rest of the budget is), so its first second does not run dry.
+    retry_budget_initial: float = Field(default=100.0, ge=0)
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # Calls handled at once (health and reflection aside); more are refused with
     # RESOURCE_EXHAUSTED. 0: no bound.

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from serving.backend import Backend
 from serving.calls import CallObserver
 from serving.dataplane import DataPlane
+from serving.drain import Drain
 from serving.interceptor import ErrorInterceptor
 from serving.jobs import JobManager
 from serving.manager import ModelManager
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# Draining: new calls are refused (UNAVAILABLE) until none has come for this long, so that
+# nothing is waiting when the server stops; at most half the grace period goes to it.
+DRAIN_QUIET_S = 0.25
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 TRAINING_SERVICE_NAME = tpb.DESCRIPTOR.services_by_name["TrainingService"].full_name
@@ -110,6 +116,7 @@ class Service:
     manager: ModelManager
     dataplane: DataPlane
     jobs: JobManager
+    drain: Drain
     poll_s: float = 0.0
     registry: CollectorRegistry | None = None
     # Where to serve the registry over HTTP once started; None: not served.
@@ -128,8 +135,13 @@ class Service:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
-        """Stops taking new calls, lets in-flight ones finish within `grace` seconds."""
+        """Stops taking new calls, lets in-flight ones finish within `grace` seconds: health
+        says NOT_SERVING, new calls are answered UNAVAILABLE (`serving.drain`) until callers
+        have gone elsewhere, then the server stops; models are released only after every
+        call has ended."""
+        deadline = time.monotonic() + grace
         self.servicer.ready = False
+        self.drain.begin()
         await self.health.enter_graceful_shutdown()
         # Jobs first: their Train streams then end with a "cancelled" event within the grace
         # period instead of being cut off.
@@ -138,7 +150,11 @@ class Service:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        await self.server.stop(grace)
+        await self.drain.settled(DRAIN_QUIET_S, until=time.monotonic() + grace / 2)
+        if self.drain.refused:
+            logger.info("draining: %d new calls refused (UNAVAILABLE)", self.drain.refused)
+        # Waits for the calls in flight (cancelling what is left at the deadline).
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         # Running training jobs are cancelled (they stop within an epoch, leaving no version).
         # Waiting for the worker threads blocks: never on the event loop.
         await asyncio.to_thread(self.jobs.shutdown)
@@ -201,6 +217,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         max_concurrent=settings.max_concurrent_rpcs,
     )
     credentials, interceptors = server_security(settings)
+    drain = Drain()
     server, port, health_servicer = build_server(
         servicer,
         TrainingServicer(jobs, backend.framework),
@@ -208,7 +225,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         settings.port,
         settings.max_message_bytes,
         credentials=credentials,
-        interceptors=interceptors,
+        interceptors=[drain, *interceptors],
         reuse_port=settings.reuse_port,
         observer=observer,
         max_streams_per_connection=settings.max_streams_per_connection,
@@ -222,6 +239,7 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
         manager,
         dataplane,
         jobs,
+        drain,
         settings.repository_poll_s,
         registry=registry,
         metrics_address=None if metrics_port is None else (settings.host, metrics_port),

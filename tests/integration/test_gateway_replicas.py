@@ -200,13 +200,14 @@ def test_a_replica_stopped_and_restarted_under_load(
 ) -> None:
     with _replicas(aio, tmp_path_factory) as replicas, _front(aio, replicas.url()) as front:
         with Load(front.stub).running() as load:
-            time.sleep(0.5)
+            assert eventually(lambda: load.ok >= 100)
             replicas.stop(0, grace)
-            time.sleep(1.5)
+            # The gateway has noticed, and calls go on without it.
+            assert eventually(lambda: front.healthy() == [False, True], timeout=10 * HEALTH_S)
+            answered = load.ok
+            assert eventually(lambda: load.ok >= answered + 100)
         print(f"{load.ok} calls, {front.upstream.retries} retried")
         assert load.failures == []
-        assert load.ok > 100
-        assert front.healthy() == [False, True]
 
         restarted = replicas.restart(0)
         assert eventually(lambda: front.healthy() == [True, True], timeout=10 * HEALTH_S + 5)
@@ -216,24 +217,86 @@ def test_a_replica_stopped_and_restarted_under_load(
 
 
 def test_a_replica_going_away_between_health_checks(aio: Any, tmp_path_factory: Any) -> None:
-    # Health checks far apart: only retries and the check an UNAVAILABLE answer triggers
-    # keep calls from failing.
+    # Health checks far apart: a call that still finds the replica gone is retried on the
+    # other (and has it checked at once); once its channel has lost the connection it gets
+    # no more calls.
     with (
         _replicas(aio, tmp_path_factory) as replicas,
         _front(aio, replicas.url(), health_interval_s=60.0) as front,
     ):
+        gone = front.upstream.replicas[1]
+        before = gone.calls
         replicas.stop(1, grace=0)
         for _ in range(20):
             assert prices(front.stub.ModelInfer(price_request(1800.0))) == OK([PRICE], abs=1e-3)
-        assert front.upstream.retries >= 1
-        assert front.healthy() == [True, False]
+        assert front.upstream.retries == gone.calls - before
+        assert gone.calls - before <= 1
+
+
+def test_a_replica_without_a_connection_gets_no_calls(aio: Any, tmp_path_factory: Any) -> None:
+    # Still healthy as far as the (rare) health checks know, but its channel has lost its
+    # connection: calls go to the connected replica instead of failing there first.
+    with (
+        _replicas(aio, tmp_path_factory) as replicas,
+        _front(aio, replicas.url(), health_interval_s=60.0) as front,
+    ):
+        gone = front.upstream.replicas[1]
+        replicas.stop(1, grace=0)
+
+        async def state() -> grpc.ChannelConnectivity:
+            return gone.channel.get_state(try_to_connect=False)
+
+        assert eventually(lambda: aio.run(state()) is not grpc.ChannelConnectivity.READY)
+        before = gone.calls
+        for _ in range(20):
+            assert prices(front.stub.ModelInfer(price_request(1800.0))) == OK([PRICE], abs=1e-3)
+        assert gone.calls == before
+        assert front.upstream.retries == 0
+        assert front.healthy() == [True, True]  # no health check has run
+
+
+def test_a_draining_replica_refuses_and_the_gateway_retries(
+    aio: Any, tmp_path_factory: Any
+) -> None:
+    # No ratio and no floor: only a new gateway's initial retries let the refused call
+    # through (a gateway's first second must not run dry).
+    with (
+        _replicas(aio, tmp_path_factory) as replicas,
+        _front(
+            aio,
+            replicas.url(),
+            health_interval_s=60.0,
+            retry_budget_ratio=0,
+            retry_budget_min_per_s=0,
+            retry_budget_initial=5,
+        ) as front,
+    ):
+        draining = replicas.services[1]
+        assert draining is not None
+        # The first steps of Service.stop: NOT_SERVING, new calls refused; still connected.
+        aio.run(draining.health.enter_graceful_shutdown())
+        draining.drain.begin()
+        for _ in range(20):
+            assert prices(front.stub.ModelInfer(price_request(1800.0))) == OK([PRICE], abs=1e-3)
+        assert draining.drain.refused >= 1
+        assert front.upstream.retries == draining.drain.refused
+        assert eventually(lambda: front.healthy() == [True, False])
+        with grpc.insecure_channel(f"127.0.0.1:{draining.port}") as channel:
+            code, details = rpc_error(Stub(channel).ModelInfer, price_request(1800.0))
+        assert code is grpc.StatusCode.UNAVAILABLE
+        assert details == "the server is shutting down; retry on another replica"
 
 
 def test_retry_budget_when_every_replica_is_down(aio: Any, tmp_path_factory: Any) -> None:
-    min_per_s = 2.0
+    min_per_s, initial = 2.0, 10.0
     with (
         _replicas(aio, tmp_path_factory) as replicas,
-        _front(aio, replicas.url(), retry_budget_min_per_s=min_per_s) as front,
+        _front(
+            aio,
+            replicas.url(),
+            retry_budget_min_per_s=min_per_s,
+            retry_budget_initial=initial,
+        ) as front,
     ):
         replicas.stop(0, grace=0)
         replicas.stop(1, grace=0)
@@ -251,24 +314,31 @@ def test_retry_budget_when_every_replica_is_down(aio: Any, tmp_path_factory: Any
         requests, attempts = upstream.requests - requests, upstream.attempts - attempts
         assert requests == 200
         assert slowest < 1.0
-        # Each call tries a replica; retries are at most 20 % more plus the floor.
-        assert attempts <= requests * 1.2 + min_per_s * (elapsed + 2)
+        # Each call tries a replica; retries are at most 20 % more plus the floor and the
+        # initial allowance.
+        assert attempts <= requests * 1.2 + min_per_s * (elapsed + 2) + initial
         assert upstream.retries_denied > 0
         assert not upstream.ready
 
 
 def test_calls_that_are_never_retried(aio: Any, tmp_path_factory: Any) -> None:
-    # Train starts a job: when its replica is down it fails, it does not go elsewhere.
+    # Train starts a job: when its replica refuses it (draining) it fails, it does not go
+    # elsewhere (both refuse here, so whichever it went to, it went to one only).
     with (
         _replicas(aio, tmp_path_factory) as replicas,
         _front(aio, replicas.url(), health_interval_s=60.0) as front,
     ):
-        replicas.stop(0, grace=0)
+        services = [service for service in replicas.services if service is not None]
+        for service in services:
+            service.drain.begin()
+        attempts = front.upstream.attempts
         code, _ = rpc_error(
             lambda: list(front.training.Train(train_request("not-retried", line(2, 1)))),
         )
         assert code is grpc.StatusCode.UNAVAILABLE
         assert front.upstream.retries == 0
+        assert front.upstream.attempts - attempts == 1
+        assert sum(service.drain.refused for service in services) == 1
 
 
 # ---- in-flight bound ----
@@ -463,9 +533,22 @@ def _watch_for(channel: grpc.Channel, seconds: float) -> grpc.StatusCode | None:
 def test_connection_age_lets_calls_in_flight_finish(aio: Any) -> None:
     with _aged_server(aio, grace_s=None) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(20):  # unary calls keep working across the reconnections
-            stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            time.sleep(0.05)
+        connections: list[grpc.ChannelConnectivity] = []
+
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            if state is grpc.ChannelConnectivity.READY:
+                connections.append(state)
+
+        def called_across_reconnections() -> bool:
+            stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # never fails
+            return len(connections) >= 4
+
+        channel.subscribe(on_state, try_to_connect=True)
+        try:
+            # Unary calls keep working while the server closes connection after connection.
+            assert eventually(called_across_reconnections, timeout=10)
+        finally:
+            channel.unsubscribe(on_state)
         assert _watch_for(channel, 1.5) is None  # a stream outlives the connection's age
 
 
@@ -476,12 +559,14 @@ def test_connection_age_grace_ends_calls_in_flight(aio: Any) -> None:
 
 def test_retry_budget_arithmetic() -> None:
     now = [100.0]
-    budget = RetryBudget(ratio=0.2, min_per_s=1, window_s=10, clock=lambda: now[0])
+    budget = RetryBudget(ratio=0.2, min_per_s=1, window_s=10, clock=lambda: now[0], initial=3)
     assert budget.try_retry()  # the floor: one a second with no traffic at all
+    # A new budget's initial allowance, spent once when the rest is spent.
+    assert sum(budget.try_retry() for _ in range(5)) == 3
     assert not budget.try_retry()
     for _ in range(50):
         budget.record_request()
-    assert sum(budget.try_retry() for _ in range(20)) == 9  # 20 % of 50, one spent already
+    assert sum(budget.try_retry() for _ in range(20)) == 6  # 20 % of 50, four spent already
     now[0] += 11  # the window has moved past all of it
     assert budget.try_retry()
-    assert not budget.try_retry()
+    assert not budget.try_retry()  # the initial allowance does not come back

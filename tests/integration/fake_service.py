@@ -1,8 +1,15 @@
 """`python -m tests.integration.fake_service [serve|seed]`: a real service process on the NumPy
-fake backend, for tests that need processes (scraped by Prometheus) but no framework."""
+fake backend, for tests that need processes (scraped by Prometheus) but no framework.
+`FAKE_FRAMEWORK=tensorflow` makes it name itself so, for tests where it stands in for one."""
+
+import os
 
 from serving.fake import AffineBackend
 from serving.main import run
 
 if __name__ == "__main__":
-    run(lambda settings: AffineBackend(), prog="python -m tests.integration.fake_service")
+    framework = os.environ.get("FAKE_FRAMEWORK", "fake")
+    run(
+        lambda settings: AffineBackend(framework=framework),
+        prog="python -m tests.integration.fake_service",
+    )

@@ -163,7 +163,13 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         version=project_version(),
         shadow=shadow,
     )
-    comparison = ComparisonServicer(upstreams, router, shadow, timeout=settings.upstream_timeout_s)
+    comparison = ComparisonServicer(
+        upstreams,
+        router,
+        shadow,
+        timeout=settings.upstream_timeout_s,
+        max_answer_bytes=settings.max_message_bytes,
+    )
     training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
     registry = new_registry()
     registry.register(GatewayCollector(list(upstreams.values()), shadow))

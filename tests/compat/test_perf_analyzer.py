@@ -51,7 +51,8 @@ def _environment() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, like `stack`, so that it is set up first: a skip starts no servers.
+@pytest.fixture(scope="session")
 def perf_analyzer() -> Path:
     binary = _binary()
     if binary is None:

@@ -141,8 +141,10 @@ class Service:
         call has ended."""
         deadline = time.monotonic() + grace
         self.servicer.ready = False
-        self.drain.begin()
+        # NOT_SERVING before the first refusal: the health check a refused call triggers in
+        # a gateway must see it, or the gateway keeps sending here until its next round.
         await self.health.enter_graceful_shutdown()
+        self.drain.begin()
         # Jobs first: their Train streams then end with a "cancelled" event within the grace
         # period instead of being cut off.
         self.jobs.cancel_all()

@@ -78,7 +78,18 @@ def validate_inputs(
                 f"input '{spec.name}' of model '{model}' has no elements "
                 f"(shape {list(tensor.shape)})"
             )
-    rows = given[signature.inputs[0].name].shape[0]
+    first = signature.inputs[0].name
+    rows = given[first].shape[0]
+    if max_rows is not None:
+        # With max_batch_size the first dimension is the batch, one size for every input
+        # (Triton: "batch size does not match other inputs"); batched, rows would mix.
+        for spec in signature.inputs[1:]:
+            if given[spec.name].shape[0] != rows:
+                raise InvalidInput(
+                    f"input '{spec.name}' of model '{model}' has {given[spec.name].shape[0]} "
+                    f"rows and input '{first}' has {rows}: every input needs the same number "
+                    "of rows (the first dimension is the batch)"
+                )
     if max_rows is not None and rows > max_rows:
         # Triton's max_batch_size: refused before the contents are decoded.
         raise InvalidInput(

@@ -208,23 +208,27 @@ def _two_input_request(sizes: list[float], extra_rows: int, id: str = "") -> pb.
     return request
 
 
+@pytest.mark.parametrize(
+    "config", [BATCHING, {"max_batch_size": 16}], ids=["dynamic_batching", "max_batch_size"]
+)
 def test_a_two_input_request_whose_inputs_differ_in_rows_is_invalid(
-    aio: AioThread, seeded_repository: Callable[[], Path]
+    aio: AioThread, seeded_repository: Callable[[], Path], config: dict[str, Any]
 ) -> None:
     # house_price declared with a second input (the fake model reads only the first): rows of
-    # one request's inputs must line up, or a batch would hand them to other requests.
+    # one request's inputs must line up, or a batch would hand them to other requests; with
+    # max_batch_size the first dimension is the batch, batched or not (as in Triton).
     root = seeded_repository()
     meta_path = root / SEED_MODEL / "1" / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["signature"]["inputs"].append({"name": "extra", "datatype": "FP32", "shape": [-1, 1]})
     meta_path.write_text(json.dumps(meta))
-    with stub_for(aio, root, BATCHING) as stub:
+    with stub_for(aio, root, config) as stub:
         code, details = rpc_error(
             stub.ModelInfer, _two_input_request([1800, 1000], extra_rows=1), timeout=5
         )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        assert "same number of rows" in details and "'extra' has 1" in details
-        # Matching rows are served, batched, each request its own rows.
+        assert "same number of rows" in details and "'extra'" in details
+        # Matching rows are served, each request its own rows.
         requests = [_two_input_request([1000 + i, 2000 + i], 2, id=f"r{i}") for i in range(8)]
         for index, response in enumerate(_fire(stub, requests)):
             got = np.frombuffer(_raw(response), np.float32).tolist()

@@ -283,6 +283,10 @@ def test_a_draining_replica_refuses_and_the_gateway_retries(
         assert eventually(lambda: front.healthy() == [True, False])
         with grpc.insecure_channel(f"127.0.0.1:{draining.port}") as channel:
             code, details = rpc_error(Stub(channel).ModelInfer, price_request(1800.0))
+            # Health stays open while draining: probes read NOT_SERVING, not a refusal.
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            status = health_stub.Check(health_pb2.HealthCheckRequest(service="")).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert code is grpc.StatusCode.UNAVAILABLE
         assert details == "the server is shutting down; retry on another replica"
 

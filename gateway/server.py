@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,6 +26,7 @@ from gateway.shadow import Shadow
 from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
 from serving.calls import CallObserver
+from serving.drain import Drain
 from serving.metrics import MetricsServer, RpcMetrics, new_registry
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
@@ -55,6 +57,7 @@ class Gateway:
     upstreams: list[Upstream]
     health: health.aio.HealthServicer
     interval: float
+    drain: Drain
     router: Router | None = None
     shadow: Shadow | None = None
     policy_file: PolicyFile | None = None
@@ -91,8 +94,12 @@ class Gateway:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        deadline = time.monotonic() + grace
+        # As a service drains (`serving.drain`): NOT_SERVING first, then new calls answered
+        # UNAVAILABLE (a load balancer or client moves them to another gateway) until callers
+        # have left, and only then a stop that lets the accepted calls finish.
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.drain.stop(self.server, deadline)
         if self.shadow is not None:
             await self.shadow.close()
         for upstream in self.upstreams:
@@ -175,6 +182,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     registry.register(GatewayCollector(list(upstreams.values()), shadow))
     observer = CallObserver(RpcMetrics(registry), max_concurrent=settings.max_concurrent_rpcs)
     server_creds, interceptors = server_security(settings)
+    drain = Drain()
     server, port, health_servicer = build_server(
         servicer,
         training,
@@ -182,7 +190,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         settings.port,
         settings.max_message_bytes,
         credentials=server_creds,
-        interceptors=interceptors,
+        interceptors=[drain, *interceptors],
         services={
             COMPARISON_SERVICE_NAME: functools.partial(
                 cpb_grpc.add_ComparisonServiceServicer_to_server, comparison
@@ -197,6 +205,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         list(upstreams.values()),
         health_servicer,
         settings.health_interval_s,
+        drain,
         router=router,
         shadow=shadow,
         policy_file=policy_file,

@@ -12,6 +12,7 @@ as its health check sees NOT_SERVING) and only then stops, with nothing waiting.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
@@ -19,6 +20,12 @@ from typing import Any, TypeAlias
 import grpc
 
 __all__ = ["Drain"]
+
+logger = logging.getLogger(__name__)
+
+# New calls are refused until none has come for this long, so that nothing is waiting when
+# the server stops; at most half the time left goes to it.
+QUIET_S = 0.25
 
 # Always answered while draining: a probe must see NOT_SERVING, not a refusal.
 _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
@@ -72,6 +79,18 @@ class Drain(grpc.aio.ServerInterceptor):
             if wait <= 0:
                 return
             await asyncio.sleep(wait)
+
+    async def stop(self, server: grpc.aio.Server, deadline: float) -> None:
+        """Refuses new calls until callers have left (at most half the time left before
+        `deadline`, this drain's clock), then stops `server`, letting the calls it accepted
+        finish by `deadline`."""
+        if not self.draining:
+            self.begin()
+        await self.settled(QUIET_S, until=self._clock() + (deadline - self._clock()) / 2)
+        if self.refused:
+            logger.info("draining: %d new calls refused (UNAVAILABLE)", self.refused)
+        # Waits for the calls in flight (cancelling what is left at the deadline).
+        await server.stop(max(0.0, deadline - self._clock()))
 
 
 def _refusing(handler: Handler) -> Handler:

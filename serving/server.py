@@ -58,10 +58,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Draining: new calls are refused (UNAVAILABLE) until none has come for this long, so that
-# nothing is waiting when the server stops; at most half the grace period goes to it.
-DRAIN_QUIET_S = 0.25
-
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 TRAINING_SERVICE_NAME = tpb.DESCRIPTOR.services_by_name["TrainingService"].full_name
 SERVICE_NAMES = (SERVICE_NAME, TRAINING_SERVICE_NAME)
@@ -152,11 +148,7 @@ class Service:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        await self.drain.settled(DRAIN_QUIET_S, until=time.monotonic() + grace / 2)
-        if self.drain.refused:
-            logger.info("draining: %d new calls refused (UNAVAILABLE)", self.drain.refused)
-        # Waits for the calls in flight (cancelling what is left at the deadline).
-        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        await self.drain.stop(self.server, deadline)
         # Running training jobs are cancelled (they stop within an epoch, leaving no version).
         # Waiting for the worker threads blocks: never on the event loop.
         await asyncio.to_thread(self.jobs.shutdown)

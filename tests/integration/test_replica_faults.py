@@ -1,8 +1,8 @@
 """Replica faults through real processes (fake-backend service processes, whose cheap model
 runs on the event loop as a small real one does).
 
-- A draining replica answers every call it accepted and refuses the rest with UNAVAILABLE,
-  never CANCELLED (which a client cannot tell from its own cancellation).
+- A draining replica (or gateway) answers every call it accepted and refuses the rest with
+  UNAVAILABLE, never CANCELLED (which a client cannot tell from its own cancellation).
 - The fault run: two replicas on one shared repository behind a real gateway process, 16
   clients calling ModelInfer through the gateway while one replica is SIGKILLed and started
   again, the other is SIGTERMed (drained) and started again, and a new model version is
@@ -133,14 +133,44 @@ def repository(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_draining_replica_refuses_new_calls_unavailable(repository: Path) -> None:
+@pytest.fixture(params=["replica", "gateway"])
+def draining(request: pytest.FixtureRequest, repository: Path) -> Iterator[Process]:
+    """The process the drain test stops: a replica, or a gateway in front of one."""
     replica = _replica(repository, TWINSERVE_GRACE_PERIOD_S=str(GRACE_S))
+    if request.param == "replica":
+        try:
+            yield replica
+        finally:
+            replica.stop()
+        return
+    try:
+        gateway = launch(
+            "gateway",
+            "gateway",
+            env={
+                **ENV,
+                "TWINSERVE_GATEWAY_PYTORCH_URL": replica.address,
+                "TWINSERVE_GATEWAY_DEFAULT_FRAMEWORK": "pytorch",
+                "TWINSERVE_GATEWAY_GRACE_PERIOD_S": str(GRACE_S),
+            },
+        )
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+    finally:
+        replica.stop()
+
+
+def test_a_draining_server_refuses_new_calls_unavailable(draining: Process) -> None:
+    """Holds for a service replica and for the gateway: its clients (or the load balancer in
+    front of several gateways) can take a refusal elsewhere, a cancellation they cannot."""
     ended: list[tuple[str, str]] = []
     answered = [0] * CLIENTS
 
     def client(index: int) -> None:
         """Calls until refused, as a client that goes elsewhere on UNAVAILABLE does."""
-        with grpc.insecure_channel(replica.address) as channel:
+        with grpc.insecure_channel(draining.address) as channel:
             stub = Stub(channel)
             while True:
                 try:
@@ -156,12 +186,12 @@ def test_a_draining_replica_refuses_new_calls_unavailable(repository: Path) -> N
         for thread in threads:
             thread.start()
         assert eventually(lambda: all(count >= 20 for count in answered), WAIT_S)
-        replica.popen.send_signal(signal.SIGTERM)
+        draining.popen.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        assert replica.popen.wait(WAIT_S) == 0
+        assert draining.popen.wait(WAIT_S) == 0
         exited = time.monotonic() - signalled
     finally:
-        replica.stop()
+        draining.stop()
         for thread in threads:
             thread.join()
     print(f"{sum(answered)} calls answered; exited {exited:.2f}s after SIGTERM")

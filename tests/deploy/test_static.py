@@ -318,7 +318,9 @@ def test_token_and_tls_come_from_secrets(name: str) -> None:
         for workload, spec in specs.items()
     }
     gateway_env = env(specs["gateway"]["containers"][0])
-    assert gateway_env["TWINSERVE_GATEWAY_AUTH_TOKENS_FILE"].startswith("/etc/twinserve/auth/")
+    assert gateway_env["TWINSERVE_GATEWAY_AUTH_TOKENS_FILE"] == "/etc/twinserve/auth/token"
+    infer_file = gateway_env["TWINSERVE_GATEWAY_INFER_AUTH_TOKENS_FILE"]
+    assert infer_file == "/etc/twinserve/auth/infer-token"
     assert "twinserve-auth" in secrets["gateway"]
     tls = name == "tls"
     for workload in ("gateway", "tf-service", "torch-service"):
@@ -331,13 +333,14 @@ def test_token_and_tls_come_from_secrets(name: str) -> None:
     assert not of_kind(name, "Secret")
 
 
-def test_the_loadtest_job_targets_the_gateway_with_the_client_token() -> None:
+def test_the_loadtest_job_targets_the_gateway_with_an_infer_token() -> None:
     (job,) = of_kind("loadtest", "Job").values()
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"].startswith("twinserve/loadtest:")
     assert "gateway:8001" in container["args"]
     (token,) = [e for e in container["env"] if e["name"] == "TWINSERVE_TOKEN"]
-    assert token["valueFrom"]["secretKeyRef"] == {"name": "twinserve-auth", "key": "token"}
+    # Inference needs no more: the admin token stays with whoever trains and loads models.
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "twinserve-auth", "key": "infer-token"}
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

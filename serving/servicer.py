@@ -121,8 +121,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         # An unknown model is reported before anything about the inputs, as Triton does.
-        self.manager.get(request.model_name, request.model_version)
-        checked = request_from_pb(request, max_tensor_bytes=self.max_tensor_bytes)
+        loaded = self.manager.get(request.model_name, request.model_version)
+        checked = request_from_pb(
+            request, max_tensor_bytes=self.max_tensor_bytes, signature=loaded.meta.signature
+        )
         return await self.dataplane.infer(checked, response_to_pb)
 
     async def ModelConfig(

@@ -175,6 +175,52 @@ def test_train_refuses_too_many_dimensions(service: Service, rank: int, dim: int
     assert time.monotonic() - started < QUICK_S
 
 
+@pytest.mark.parametrize("kind", ["inputs", "outputs"])
+def test_more_inputs_or_outputs_than_the_model_has_are_refused_at_once(
+    stub: Stub, bystander: Stub, kind: str
+) -> None:
+    """300,000 inputs (7 MiB) took seconds of the event loop to read one by one."""
+    request = price_request(1800.0)
+    if kind == "inputs":
+        for index in range(300_000):
+            request.inputs.add(name=f"x{index}", datatype="FP32", shape=[1, 1])
+            request.raw_input_contents.append(b"\0" * 4)
+    else:
+        for index in range(300_000):
+            request.outputs.add(name=f"y{index}")
+    call = stub.ModelInfer.future(request, timeout=WAIT_S)
+    latencies = _ready_latencies(bystander, lambda: not call.done(), at_least=1)
+    assert max(latencies) < QUICK_S
+    error = cast(grpc.Call, call.exception())
+    assert error is not None and error.code() == INVALID
+    asked = len(request.inputs if kind == "inputs" else request.outputs)
+    assert f"names {asked} {kind}; model 'house_price' has 1" in (error.details() or "")
+
+
+def test_parameter_maps_are_bounded(stub: Stub, bystander: Stub) -> None:
+    """300,000 request parameters (4 MiB) held the event loop for about a second."""
+    request = price_request(1800.0)
+    for index in range(300_000):
+        request.parameters[f"p{index}"].bool_param = True
+    call = stub.ModelInfer.future(request, timeout=WAIT_S)
+    latencies = _ready_latencies(bystander, lambda: not call.done(), at_least=1)
+    assert max(latencies) < QUICK_S
+    error = cast(grpc.Call, call.exception())
+    assert error is not None and error.code() == INVALID
+    assert "the request carries 300000 parameters; at most 64" in (error.details() or "")
+    # A tensor's map too; 64 parameters are fine.
+    request = price_request(1800.0)
+    output = request.outputs.add(name="price_k")
+    for index in range(65):
+        output.parameters[f"p{index}"].bool_param = True
+    code, details = rpc_error(stub.ModelInfer, request)
+    assert code == INVALID and "output 'price_k' carries 65 parameters" in details
+    request = price_request(1800.0)
+    for index in range(64):
+        request.parameters[f"p{index}"].bool_param = True
+    assert prices(stub.ModelInfer(request)) == pytest.approx([360.0])
+
+
 # ---- declared shape against the contents sent ----
 
 

@@ -362,7 +362,7 @@ def test_in_flight_bound(aio: Any, tmp_path_factory: Any) -> None:
             assert eventually(lambda: [r.inflight for r in front.upstream.replicas] == [2, 2])
             started = time.monotonic()
             code, details = rpc_error(front.stub.ModelInfer, price_request(1800.0), timeout=10)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 5.0  # refused, not queued for the 10 s deadline
         finally:
             gate.set()
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED

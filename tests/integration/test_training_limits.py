@@ -146,7 +146,7 @@ def test_a_shape_of_huge_dimensions_is_refused_at_once(default: Setup) -> None:
     _refused(
         default, request, grpc.StatusCode.INVALID_ARGUMENT, "inline targets have 30000 dimensions"
     )
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 5.0  # 25 s before the fix; room for a loaded machine
 
 
 # ---- each limit, against a service with small ones ----

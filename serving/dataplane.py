@@ -79,7 +79,7 @@ def validate_inputs(
                 f"(shape {list(tensor.shape)})"
             )
     first = signature.inputs[0].name
-    rows = given[first].shape[0]
+    rows = given[first].shape[0] if given[first].shape else 1  # a scalar is one row
     if max_rows is not None:
         # With max_batch_size the first dimension is the batch, one size for every input
         # (Triton: "batch size does not match other inputs"); batched, rows would mix.

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from loadtest.matrix import Outcome
 from loadtest.plots import plot_all
 from loadtest.summary import COLUMNS, cpu_vs_gpu, row, winners
+from serving.machine import cpu_model
 
 __all__ = ["machine", "write_report", "write_table"]
 
@@ -23,16 +24,6 @@ _LIBRARIES = (
     "twinserve", "grpcio", "protobuf", "numpy", "tensorflow", "tensorflow-cpu", "tf2onnx",
     "torch", "onnxruntime", "onnxruntime-gpu", "hdrhistogram",
 )  # fmt: skip
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _gpus() -> list[str]:
@@ -64,7 +55,7 @@ def machine() -> dict[str, Any]:
         "host": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory": memory,
         "gpus": _gpus() or ["none"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -25,6 +25,7 @@ from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
 from serving.errors import PermissionDenied, ServingError, Unauthenticated
+from serving.interceptor import refusing
 from serving.pb import inference_pb2
 from serving.pb.twinserve.v1 import training_pb2
 
@@ -118,32 +119,6 @@ if TYPE_CHECKING:  # generic only in the type stubs
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
-def _refusal(handler: Handler, error: ServingError) -> Handler:
-    """A handler of the same kind as `handler` that answers `error`'s status."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(error.code, error.message)
-
-    async def refuse_stream(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await context.abort(error.code, error.message)
-        yield  # never reached: makes this an async generator, as streaming handlers are
-
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[handler.request_streaming, handler.response_streaming]
-    return make(
-        refuse_stream if handler.response_streaming else refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
 class BearerTokenAuth(grpc.aio.ServerInterceptor):
     """Lets a call through only if its `authorization` metadata is `Bearer <token>` for one
     of the tokens, with the scope the method needs (`admin` tokens may call everything,
@@ -219,7 +194,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
         if reason is None:
             return handler
         logger.debug("refused %s: %s", method, reason.message)
-        return _refusal(handler, reason)
+        return refusing(handler, reason.code, reason.message)
 
 
 # ---- the client side: a token on every call of a (synchronous) channel ----

@@ -19,6 +19,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from serving.interceptor import refusing
+
 __all__ = ["Drain"]
 
 logger = logging.getLogger(__name__)
@@ -32,15 +34,6 @@ _OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 MESSAGE = "the server is shutting down; retry on another replica"
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-
-
-async def _refuse_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    await context.abort(grpc.StatusCode.UNAVAILABLE, MESSAGE)
-
-
-async def _refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    await context.abort(grpc.StatusCode.UNAVAILABLE, MESSAGE)
-    yield  # pragma: no cover - an async generator that never yields
 
 
 class Drain(grpc.aio.ServerInterceptor):
@@ -68,7 +61,7 @@ class Drain(grpc.aio.ServerInterceptor):
             return handler
         self.refused += 1
         self._last_refusal = self._clock()
-        return _refusing(handler)
+        return refusing(handler, grpc.StatusCode.UNAVAILABLE, MESSAGE)
 
     async def settled(self, quiet: float, until: float) -> None:
         """Returns once no call has been refused for `quiet` seconds, or at `until` (this
@@ -91,18 +84,3 @@ class Drain(grpc.aio.ServerInterceptor):
             logger.info("draining: %d new calls refused (UNAVAILABLE)", self.refused)
         # Waits for the calls in flight (cancelling what is left at the deadline).
         await server.stop(max(0.0, deadline - self._clock()))
-
-
-def _refusing(handler: Handler) -> Handler:
-    """A handler of the same kind, with the same (de)serializers, answering UNAVAILABLE."""
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        _refuse_stream if handler.response_streaming else _refuse_unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

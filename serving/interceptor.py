@@ -16,7 +16,7 @@ from serving.logs import printable, shorten
 from serving.pb import inference_pb2 as pb
 from serving.tracing import server_span
 
-__all__ = ["ErrorInterceptor", "client_detail", "status_of", "stream_infer"]
+__all__ = ["ErrorInterceptor", "client_detail", "refusing", "status_of", "stream_infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,34 @@ def _wrap_stream(
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def refusing(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the same kind as `handler`, with its (de)serializers, that answers
+    `code` and `message` (for interceptors that turn a call away: auth, a drain)."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await context.abort(code, message)
+        yield  # never reached: makes this an async generator, as streaming handlers are
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[handler.request_streaming, handler.response_streaming]
+    return make(
+        refuse_stream if handler.response_streaming else refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 # Wrapped handlers are cached per (method, handler): building them is most of what this
 # interceptor costs a call. The bound keeps the cache finite if an interceptor before this
 # one made new handlers per call.

@@ -35,7 +35,7 @@ seed: $(PB_STAMP)
 	$(PY) -m torch_service seed --model-repository $(MODELS)/pytorch
 
 run: seed
-	$(PY) -m serving.stack --models $(MODELS)
+	$(PY) -m devtools.stack --models $(MODELS)
 
 # The core suite and the tritonclient compatibility suite run in separate
 # processes: tritonclient registers the same `inference.*` protobuf symbols as

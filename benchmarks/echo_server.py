@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 
 from serving.pb import inference_pb2 as pb
-from serving.server import SERVICE_NAME, wait_for_signal
+from serving.rpc.server import SERVICE_NAME, wait_for_signal
 
 _ANSWER = pb.ModelInferResponse(model_name="house_price", model_version="1")
 _ANSWER.outputs.add(name="price_k", datatype="FP32", shape=[1, 1])

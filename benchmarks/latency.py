@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 
 from benchmarks.serving import price_request
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process, launch
 
 
 def main() -> None:

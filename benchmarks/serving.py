@@ -30,15 +30,15 @@ import grpc
 import numpy as np
 
 from benchmarks.peers import PEERS, start_peer
+from devtools.stack import Process, launch
 from loadtest.checks import OutputClose
 from loadtest.generator import ClientPool
 from loadtest.report import machine
 from loadtest.result import LoadResult
 from loadtest.workloads import ModelSpec, ensure_model
-from serving.model_config import CONFIG_FILE
+from serving.engine.model_config import CONFIG_FILE
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process, launch
 
 CNN = ModelSpec("bench_cnn", "cnn", "digits", "image", "probabilities")
 BATCHED = "bench_cnn_batched"
@@ -81,7 +81,7 @@ def price_request(
 
 
 def image_request(model: str) -> pb.ModelInferRequest:
-    from serving.datasets import digits  # noqa: PLC0415 - scikit-learn, only for this model
+    from serving.training.datasets import digits  # noqa: PLC0415 - scikit-learn, only for this model
 
     image = digits()[0][:1].astype(np.float32)
     request = pb.ModelInferRequest(model_name=model)

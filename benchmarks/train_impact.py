@@ -19,10 +19,10 @@ import grpc
 import numpy as np
 
 from benchmarks.serving import price_request
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.stack import Process, launch
 
 
 def _measure(stub: pb_grpc.GRPCInferenceServiceStub, count: int) -> np.ndarray:

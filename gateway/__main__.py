@@ -9,8 +9,8 @@ from pathlib import Path
 
 from gateway.server import serve
 from gateway.settings import GatewaySettings
-from serving import tracing
-from serving.logs import configure_logging
+from serving.rpc import tracing
+from serving.rpc.logs import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> None:

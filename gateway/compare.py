@@ -27,13 +27,13 @@ from gateway.routing import FRAMEWORK_PARAM, Router
 from gateway.settings import FRAMEWORKS
 from gateway.shadow import Histogram, Shadow, ShadowStats
 from gateway.upstream import Upstream
-from serving.codec import check_inputs
-from serving.dataplane import RUNTIME_PARAM
 from serving.errors import InvalidInput, ResourceExhausted
-from serving.interceptor import status_of
 from serving.pb import inference_pb2 as pb
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
+from serving.protocol.codec import check_inputs
+from serving.protocol.names import RUNTIME_PARAM
+from serving.rpc.interceptor import status_of
 
 __all__ = ["MAX_TARGETS", "ComparisonServicer"]
 

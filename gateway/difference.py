@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.codec import decode_tensor
 from serving.pb import inference_pb2 as pb
+from serving.protocol.codec import decode_tensor
 
 __all__ = ["Output", "decode_outputs", "disagreement", "max_abs_diff"]
 

@@ -1,6 +1,6 @@
 """The gateway's own Prometheus metrics, read at scrape time from the objects that keep them
 (the upstreams' counters, each replica's health, the shadow statistics). The gRPC metrics
-every server has (`twinserve_grpc_server_*`) come from `serving.metrics.RpcMetrics`.
+every server has (`twinserve_grpc_server_*`) come from `serving.engine.metrics.RpcMetrics`.
 
     twinserve_gateway_replica_healthy{framework,replica}      1 healthy, 0 not
     twinserve_gateway_replica_in_flight{framework,replica}

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.tracing import client_interceptors
+from serving.rpc.tracing import client_interceptors
 
 __all__ = ["Replica", "Target"]
 

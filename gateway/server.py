@@ -25,17 +25,17 @@ from gateway.settings import GatewaySettings
 from gateway.shadow import Shadow
 from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
-from serving.calls import CallObserver
-from serving.drain import Drain
-from serving.metrics import MetricsServer, RpcMetrics, new_registry
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
-from serving.security import (
+from serving.rpc.calls import CallObserver
+from serving.rpc.drain import Drain
+from serving.rpc.metrics import MetricsServer, RpcMetrics, new_registry
+from serving.rpc.security import (
     channel_credentials,
     server_security,
     transport_name,
 )
-from serving.server import (
+from serving.rpc.server import (
     SERVICE_NAMES,
     build_server,
     project_version,
@@ -95,7 +95,7 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         deadline = time.monotonic() + grace
-        # As a service drains (`serving.drain`): NOT_SERVING first, then new calls answered
+        # As a service drains (`serving.rpc.drain`): NOT_SERVING first, then new calls answered
         # UNAVAILABLE (a load balancer or client moves them to another gateway) until callers
         # have left, and only then a stop that lets the accepted calls finish.
         await self.health.enter_graceful_shutdown()

@@ -15,11 +15,11 @@ from gateway.routing import FRAMEWORK_PARAM, Router
 from gateway.shadow import Shadow
 from gateway.statistics import merge_statistics, statistics_frameworks
 from gateway.upstream import Upstream
-from serving.codec import param_from_pb
-from serving.interceptor import stream_infer
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.servicer import EXTENSIONS
+from serving.protocol.codec import param_from_pb
+from serving.protocol.names import EXTENSIONS
+from serving.rpc.interceptor import stream_infer
 
 __all__ = ["GatewayServicer"]
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.stack import Process, launch
+from devtools.stack import Process, launch
 
 __all__ = ["Endpoints", "LocalStack", "seed_models"]
 
@@ -34,7 +34,7 @@ class Endpoints:
 @contextlib.contextmanager
 def _stderr_to(path: Path) -> Iterator[None]:
     """Points file descriptor 2 at `path` while children are started, so the services' logs
-    (they inherit it) go to a file instead of through the progress bar. `serving.stack.launch`
+    (they inherit it) go to a file instead of through the progress bar. `devtools.stack.launch`
     takes no output argument; this process writes nothing meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()

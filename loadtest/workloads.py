@@ -39,7 +39,7 @@ def _inputs(model: str, batch: int) -> np.ndarray:
     if model == "house_price":
         return np.full((batch, 1), 1800.0, np.float32)
     # Imported here: only these models need them (and digits needs scikit-learn).
-    from serving.datasets import digits, house_features  # noqa: PLC0415
+    from serving.training.datasets import digits, house_features  # noqa: PLC0415
 
     if model == "mlp":
         return house_features(batch, seed=1)[0]

@@ -16,7 +16,7 @@
     ├── SignatureChanged (FAILED_PRECONDITION): training would change a served signature
     └── UpstreamError (the upstream's own code)
 
-The mapping to a gRPC status happens in one place, `serving.interceptor`. The message of a
+The mapping to a gRPC status happens in one place, `serving.rpc.interceptor`. The message of a
 `ServingError` is written for the client; any other exception is logged and answered as
 INTERNAL with a generic message.
 """
@@ -119,7 +119,7 @@ class UpstreamError(ServingError):
 
 def code_of(exc: BaseException) -> grpc.StatusCode:
     """The status an exception ends a call with (a cancelled call's is CANCELLED; anything
-    not a ServingError is INTERNAL). `serving.interceptor.status_of` adds the message."""
+    not a ServingError is INTERNAL). `serving.rpc.interceptor.status_of` adds the message."""
     if isinstance(exc, ServingError):
         return exc.code
     if isinstance(exc, asyncio.CancelledError):

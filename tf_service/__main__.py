@@ -1,6 +1,6 @@
 """`python -m tf_service [serve|seed]`: the TensorFlow service."""
 
-from serving.main import run
+from serving.app.main import run
 from tf_service.backend import TFBackend
 
 

@@ -10,7 +10,7 @@ The served model takes and returns raw units (regression) or returns softmax pro
 Device: the service's setting (`cpu`, `cuda`, `cuda:N`) places SavedModels (their variables at
 load, their ops at each call); a GPU TensorFlow does not see refuses to start the backend.
 TFLite runs on the CPU whatever the device (the Python interpreter has no GPU delegate); ONNX
-follows the device in the core (`serving.onnx_model`).
+follows the device in the core (`serving.engine.onnx_model`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from serving.architectures import get, signature_for
 from serving.backend import Model, TrainResult, TrainSpec
+from serving.backend.architectures import get, signature_for
+from serving.engine.onnx_model import ONNX_FILE
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE
 from tf_service.export import to_onnx, to_tflite
 from tf_service.models import ARCHITECTURES
 from tf_service.tflite import TFLITE_FILE, TFLiteModel

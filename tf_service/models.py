@@ -1,4 +1,4 @@
-"""Keras versions of the shared architectures (`serving.architectures`), layer for layer.
+"""Keras versions of the shared architectures (`serving.backend.architectures`), layer for layer.
 
 Every builder returns two functional models over the same layers: `trained`, whose output the
 training objective is taken on (the normalised target, or logits), and `served`, what the

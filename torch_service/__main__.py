@@ -1,6 +1,6 @@
 """`python -m torch_service [serve|seed]`: the PyTorch service."""
 
-from serving.main import run
+from serving.app.main import run
 from torch_service.backend import TorchBackend
 
 

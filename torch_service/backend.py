@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.architectures import get, signature_for
 from serving.backend import TrainResult, TrainSpec
+from serving.backend.architectures import get, signature_for
+from serving.engine.onnx_model import ONNX_FILE
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE
 from torch_service.models import ARCHITECTURES, TrainableModule
 from torch_service.runtimes import (
     TORCHSCRIPT_FILE,

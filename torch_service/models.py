@@ -1,4 +1,4 @@
-"""PyTorch architectures, keyed by the names in `serving.architectures`, layer for layer.
+"""PyTorch architectures, keyed by the names in `serving.backend.architectures`, layer for layer.
 
 Every module here is rebuilt from `ARCHITECTURES[name](**kwargs)` and then filled from a
 `state_dict`, so anything a trained model needs at inference (normalisation statistics

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import grpc
 
+from devtools.stack import Process
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process
 
 __all__ = ["PEERS", "start_peer"]
 

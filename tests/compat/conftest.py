@@ -4,7 +4,7 @@ TensorFlow service, the PyTorch service and the gateway as real processes on por
 This suite runs in its own pytest process (`pytest tests/compat`): tritonclient registers the
 same `inference.*` protobuf symbols as our generated `serving.pb`, and one descriptor pool
 cannot hold both. Nothing here may import `serving.pb` or a module that does (codec,
-translate, servicer, server, gateway); `serving.stack` uses only the standard library. The
+translate, servicer, server, gateway); `devtools.stack` uses only the standard library. The
 in-process server fixtures live in tests/integration/conftest.py for the same reason.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from serving.stack import Process, launch
+from devtools.stack import Process, launch
 
 from .endpoints import ENDPOINT_IDS, Endpoint, Stack
 

@@ -13,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from serving.stack import Process, launch
+from devtools.stack import Process, launch
 
 from .endpoints import Stack
 from .house_price import MODEL, OUTPUT, TOLERANCE, expected_prices, triton_input

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.architectures import get
 from serving.backend import Backend, Model, TrainSpec
-from serving.datasets import Dataset, load_builtin, validation_split
-from serving.onnx_model import ONNX_FILE, OnnxModel
+from serving.backend.architectures import get
+from serving.engine.onnx_model import ONNX_FILE, OnnxModel
+from serving.training.datasets import Dataset, load_builtin, validation_split
 
 __all__ = ["ARCHITECTURES", "Exported", "dataset", "train_and_export"]
 
@@ -37,7 +37,7 @@ class Exported:
     export_seconds: dict[str, float]
 
     def load(self, backend: Backend, runtime: str) -> Model:
-        if runtime == "onnx":  # what the core does (serving.runtimes.load_runtime)
+        if runtime == "onnx":  # what the core does (serving.engine.runtimes.load_runtime)
             return OnnxModel(self.path / ONNX_FILE, [self.spec.input_name], [self.spec.output_name])
         return backend.load(self.path, self.spec.architecture, runtime)
 

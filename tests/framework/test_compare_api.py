@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2 as pb
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
-from serving.stack import Process, launch
 
 pytestmark = pytest.mark.framework
 

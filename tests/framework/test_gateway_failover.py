@@ -20,11 +20,11 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.datasets import HOUSE_PRICE_INPUT
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.seed import SEED_MODEL
-from serving.stack import Process, launch
+from serving.training.datasets import HOUSE_PRICE_INPUT
+from serving.training.seed import SEED_MODEL
 from tests.integration.oip import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.framework]

@@ -27,12 +27,12 @@ torch = pytest.importorskip("torch", reason="the PyTorch service needs torch")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from serving.codec import param_to_pb  # noqa: E402
+from devtools.stack import Process, launch  # noqa: E402
 from serving.pb import inference_pb2 as pb  # noqa: E402
 from serving.pb import inference_pb2_grpc as pb_grpc  # noqa: E402
 from serving.pb.twinserve.v1 import training_pb2 as tpb  # noqa: E402
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc  # noqa: E402
-from serving.stack import Process, launch  # noqa: E402
+from serving.protocol.codec import param_to_pb  # noqa: E402
 
 pytestmark = [
     pytest.mark.framework,

@@ -1,5 +1,5 @@
 """The framework-free parameter count that sizes a training job before anything is built
-(`serving.architectures.parameter_count`) is the count each framework's model really has:
+(`serving.backend.architectures.parameter_count`) is the count each framework's model really has:
 a limit checked against the formula is a limit on the model."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.architectures import ARCHITECTURES, parameter_count
 from serving.backend import TrainSpec
+from serving.backend.architectures import ARCHITECTURES, parameter_count
 
 pytestmark = pytest.mark.framework
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.architectures import get, signature_for
 from serving.backend import EPOCH_METRICS, Model, TrainResult, TrainSpec
-from serving.datasets import Dataset, load_builtin, validation_split
+from serving.backend.architectures import get, signature_for
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
+from serving.training.datasets import Dataset, load_builtin, validation_split
 
 pytest.importorskip("tensorflow")
 

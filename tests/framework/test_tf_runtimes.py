@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
-from serving.architectures import get, signature_for
 from serving.backend import Model
+from serving.backend.architectures import get, signature_for
+from serving.engine.onnx_model import ONNX_FILE
+from serving.engine.repository import VersionMeta
+from serving.engine.runtimes import export_runtimes
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE
-from serving.repository import VersionMeta
-from serving.runtimes import export_runtimes
 from tests.framework.exports import ARCHITECTURES, Exported, dataset, train_and_export
 
 pytest.importorskip("tensorflow")
@@ -169,7 +169,7 @@ def test_onnx_export_has_the_signature_names_and_a_dynamic_batch(exported: Expor
 
 
 def test_core_accepts_both_exports(backend: TFBackend, linear: Exported, tmp_path: Path) -> None:
-    """The core's own check (serving.runtimes) passes both exports of a fresh copy."""
+    """The core's own check (serving.engine.runtimes) passes both exports of a fresh copy."""
     version = tmp_path / "1"
     shutil.copytree(linear.path / "model.savedmodel", version / "model.savedmodel")
     meta = VersionMeta(

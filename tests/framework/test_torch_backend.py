@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from serving.architectures import ARCHITECTURES, signature_for
 from serving.backend import EPOCH_METRICS, TrainResult, TrainSpec
-from serving.datasets import Dataset, load_builtin, validation_split
+from serving.backend.architectures import ARCHITECTURES, signature_for
 from serving.errors import BackendUnavailable, InvalidInput, RepositoryError
+from serving.training.datasets import Dataset, load_builtin, validation_split
 from torch_service import TorchBackend
 from torch_service.backend import CONFIG_FILE, WEIGHTS_FILE
 

@@ -15,12 +15,12 @@ import onnx
 import pytest
 import torch
 
-from serving.architectures import get, signature_for
 from serving.backend import Model
+from serving.backend.architectures import get, signature_for
+from serving.engine.onnx_model import ONNX_FILE
+from serving.engine.repository import VersionMeta
+from serving.engine.runtimes import export_runtimes
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from serving.onnx_model import ONNX_FILE
-from serving.repository import VersionMeta
-from serving.runtimes import export_runtimes
 from tests.framework.exports import ARCHITECTURES, Exported, dataset, train_and_export
 from torch_service import TorchBackend
 from torch_service.backend import CONFIG_FILE, WEIGHTS_FILE
@@ -155,7 +155,7 @@ def test_torchscript_accepts_read_only_inputs(linear_torchscript: Model) -> None
 
 
 def test_core_accepts_both_exports(backend: TorchBackend, linear: Exported, tmp_path: Path) -> None:
-    """The core's own check (serving.runtimes) passes both exports of a fresh copy."""
+    """The core's own check (serving.engine.runtimes) passes both exports of a fresh copy."""
     version = tmp_path / "1"
     version.mkdir()
     for name in (CONFIG_FILE, WEIGHTS_FILE):

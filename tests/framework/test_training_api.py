@@ -13,12 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.stack import Process, launch
-from serving.tensorboard import read_scalars
+from serving.training.tensorboard import read_scalars
 
 pytestmark = pytest.mark.framework
 

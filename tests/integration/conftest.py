@@ -20,12 +20,12 @@ import pytest
 from gateway.server import Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
+from serving.app.server import Service, create_server
+from serving.app.settings import ServiceSettings
 from serving.backend import Backend
-from serving.fake import AffineBackend
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service, create_server
-from serving.settings import ServiceSettings
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
+from serving.training.seed import seed_repository
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
 
 from .oip import train_slope
 

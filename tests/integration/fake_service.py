@@ -4,8 +4,8 @@ fake backend, for tests that need processes (scraped by Prometheus) but no frame
 
 import os
 
-from serving.fake import AffineBackend
-from serving.main import run
+from serving.app.main import run
+from serving.backend.fake import AffineBackend
 
 if __name__ == "__main__":
     framework = os.environ.get("FAKE_FRAMEWORK", "fake")

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from serving.backend import TrainSpec
-from serving.codec import param_to_pb
-from serving.datasets import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
-from serving.repository import ModelRepository
-from serving.seed import SEED_MODEL
-from serving.trainer import train_version
+from serving.protocol.codec import param_to_pb
+from serving.training.datasets import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT
+from serving.training.seed import SEED_MODEL
+from serving.training.trainer import train_version
 from serving.types import ParamValue
 
 __all__ = [

@@ -3,8 +3,8 @@ epochs each take STUCK_EPOCH_S seconds, for tests of stopping it mid-epoch."""
 
 import os
 
-from serving.fake import AffineBackend
-from serving.main import run
+from serving.app.main import run
+from serving.backend.fake import AffineBackend
 
 if __name__ == "__main__":
     delay = float(os.environ["STUCK_EPOCH_S"])

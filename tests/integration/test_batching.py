@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.fake import AffineBackend
-from serving.model_config import CONFIG_FILE
+from serving.backend.fake import AffineBackend
+from serving.engine.model_config import CONFIG_FILE
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from tests.integration.conftest import AioThread

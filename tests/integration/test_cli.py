@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from serving import cli
-from serving.fake import AffineBackend
-from serving.server import Service
+from devtools import cli
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 
 
 @pytest.fixture(scope="module")

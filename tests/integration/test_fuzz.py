@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from serving.codec import DATATYPES
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
+from serving.protocol.codec import DATATYPES
+from serving.training.seed import seed_repository
 
 from .oip import HOUSE_PRICE_INPUT, HOUSE_PRICE_OUTPUT, SEED_MODEL, price_request, prices
 

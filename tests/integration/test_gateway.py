@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.server import Gateway, create_server
 from gateway.settings import GatewaySettings
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service
+from serving.training.seed import seed_repository
 
 from .oip import (
     HOUSE_PRICE_INPUT,

@@ -23,15 +23,16 @@ from gateway.pool import RetryBudget
 from gateway.replica import Target
 from gateway.server import Gateway
 from gateway.upstream import Upstream
-from serving.fake import AffineBackend
+from serving.app.server import Service, create_server
+from serving.app.settings import ServiceSettings
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service, create_server, grpc_options
-from serving.settings import ServiceSettings
+from serving.rpc.server import grpc_options
+from serving.training.seed import seed_repository
 
 from .oip import SEED_MODEL, eventually, price_request, prices, rpc_error
 from .training import line, train_request

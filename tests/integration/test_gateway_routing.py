@@ -17,19 +17,19 @@ from typing import Any
 import grpc
 import pytest
 
+from devtools import cli
 from gateway import policy
 from gateway.policy import PolicyError
 from gateway.server import Gateway, create_server
 from gateway.settings import GatewaySettings
-from serving import cli
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service
+from serving.training.seed import seed_repository
 
 from .oip import (
     HOUSE_PRICE_OUTPUT,

@@ -13,12 +13,12 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service
+from serving.training.seed import seed_repository
 
 from .oip import SEED_MODEL, price_request, rpc_error
 

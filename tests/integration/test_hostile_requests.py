@@ -19,13 +19,13 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.fake import AffineBackend
-from serving.model_config import CONFIG_FILE
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.model_config import CONFIG_FILE
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.server import Service
 from tests.integration.conftest import WAIT_S, AioThread
 from tests.integration.oip import HOUSE_PRICE_INPUT, SEED_MODEL, price_request, prices, rpc_error
 from tests.integration.training import train_request

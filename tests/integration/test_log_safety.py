@@ -13,11 +13,11 @@ import grpc
 import pytest
 
 from gateway.server import Gateway
-from serving.fake import AffineBackend
-from serving.logs import JsonFormatter, TextFormatter, printable
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.server import Service
+from serving.rpc.logs import JsonFormatter, TextFormatter, printable
 
 from .oip import eventually, price_request, rpc_error
 
@@ -74,7 +74,7 @@ def _call_records(
     """The call records of `method` that `mine` says this test caused, once `count` of them are
     written. Filtering matters: a call's second record (the gateway's upstream service writes
     its own) can land after the test that caused it has ended, in the next test's capture."""
-    name = "twinserve.calls" if method != "ModelStreamInfer" else "serving.interceptor"
+    name = "twinserve.calls" if method != "ModelStreamInfer" else "serving.rpc.interceptor"
 
     def found() -> list[logging.LogRecord]:
         return [

@@ -21,14 +21,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.fake import AffineBackend
-from serving.logs import JsonFormatter
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.repository import ModelRepository
-from serving.seed import seed_repository
-from serving.server import Service
+from serving.rpc.logs import JsonFormatter
+from serving.training.seed import seed_repository
 from tests.integration.oip import (
     SEED_MODEL,
     eventually,

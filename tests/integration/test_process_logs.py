@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devtools.stack import launch
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.security import PLAINTEXT_TOKENS
-from serving.stack import launch
+from serving.rpc.security import PLAINTEXT_TOKENS
 
 from .oip import eventually, price_request, rpc_error
 
@@ -64,4 +64,4 @@ def test_a_gateway_process_log(tmp_path: Path, fmt: str) -> None:
     else:
         assert " WARNING twinserve.calls: ModelInfer " in forged[0]
         assert "id=req-7\\n2026-11-30 03:00:00,000 ERROR admin: forged\\r\\x1b[2J" in forged[0]
-        assert " WARNING serving.security: " in warned[0]
+        assert " WARNING serving.rpc.security: " in warned[0]

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process, launch
 from tests.integration.oip import SEED_MODEL, eventually, price_request, prices
 
 pytestmark = pytest.mark.slow

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import pytest
 
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process, launch
 
 from .oip import SEED_MODEL, eventually, price_request, prices, train_slope
 

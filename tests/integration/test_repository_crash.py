@@ -19,12 +19,12 @@ from typing import IO, Any
 import grpc
 import pytest
 
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.repository import ModelRepository
-from serving.server import Service
 
 from .conftest import WAIT_S
 from .oip import eventually, price_request, prices, train_slope

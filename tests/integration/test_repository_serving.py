@@ -21,15 +21,15 @@ import grpc
 import numpy as np
 import pytest
 
+from serving.app.server import Service
 from serving.backend import TrainSpec
-from serving.fake import AffineBackend
-from serving.model_config import CONFIG_FILE
-from serving.onnx_model import ONNX_FILE
+from serving.backend.fake import AffineBackend
+from serving.engine.model_config import CONFIG_FILE
+from serving.engine.onnx_model import ONNX_FILE
+from serving.engine.repository import META_FILE, ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.repository import META_FILE, ModelRepository
-from serving.server import Service
-from serving.trainer import train_version
+from serving.training.trainer import train_version
 from serving.types import ParamValue
 
 from .conftest import AioThread

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serving.fake import AffineBackend
+from serving.app.settings import ServiceSettings
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.settings import ServiceSettings
 from tests.integration.conftest import AioThread
 from tests.integration.oip import SEED_MODEL, price_request, prices
 

@@ -12,17 +12,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devtools import cli
 from gateway.server import Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import GatewaySettings
-from serving import cli
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.security import BearerTokenAuth, load_tokens, server_credentials
-from serving.server import Service
+from serving.rpc.security import BearerTokenAuth, load_tokens, server_credentials
 
 from .certs import Pki, make_pki
 from .oip import price_request, prices, rpc_error

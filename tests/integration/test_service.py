@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.server import SERVICE_NAME, Service
+from serving.rpc.server import SERVICE_NAME
 
 from .oip import (
     HOUSE_PRICE_INPUT,

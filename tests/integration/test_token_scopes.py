@@ -14,13 +14,13 @@ import grpc
 import pytest
 
 from gateway.server import Gateway
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.security import ADMIN_METHODS, PLAINTEXT_TOKENS
-from serving.server import Service
+from serving.rpc.security import ADMIN_METHODS, PLAINTEXT_TOKENS
 
 from .certs import Pki, make_pki
 from .oip import SEED_MODEL, price_request, prices, rpc_error
@@ -192,7 +192,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "serving.security" and record.levelno == logging.WARNING
+        if record.name == "serving.rpc.security" and record.levelno == logging.WARNING
     ]
 
 
@@ -201,7 +201,7 @@ def test_tokens_over_plaintext_warn_once_at_start(
     seeded_repository: Callable[[], Path],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="serving.security"):
+    with caplog.at_level(logging.WARNING, logger="serving.rpc.security"):
         with aio.service(
             seeded_repository(), AffineBackend(), infer_auth_tokens=[INFER]
         ) as service:
@@ -222,7 +222,7 @@ def test_tokens_over_tls_do_not_warn(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tls = {"tls_cert_file": pki.server_cert, "tls_key_file": pki.server_key}
-    with caplog.at_level(logging.WARNING, logger="serving.security"):
+    with caplog.at_level(logging.WARNING, logger="serving.rpc.security"):
         with aio.service(seeded_repository(), AffineBackend(), auth_tokens=[ADMIN], **tls):
             assert _warnings(caplog) == []
         with aio.gateway(tensorflow_url="127.0.0.1:1", auth_tokens=[ADMIN], **tls):

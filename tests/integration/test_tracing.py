@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from serving import tracing
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.rpc import tracing
 from tests.integration.oip import price_request, prices
 
 sdk_trace = pytest.importorskip(

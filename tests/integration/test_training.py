@@ -15,15 +15,15 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.architectures import ARCHITECTURES
-from serving.fake import AffineBackend
-from serving.jobs import JobState
+from serving.app.server import Service
+from serving.backend.architectures import ARCHITECTURES
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.server import Service
-from serving.tensorboard import read_scalars
+from serving.training.jobs import JobState
+from serving.training.tensorboard import read_scalars
 
 from .oip import eventually, rpc_error
 from .training import inline, kinds, line, predict, train_request, version_dirs

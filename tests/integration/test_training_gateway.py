@@ -14,12 +14,12 @@ import grpc
 import pytest
 
 from gateway.server import Gateway
-from serving.fake import AffineBackend
+from serving.app.server import Service
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.server import Service
 
 from .oip import eventually, rpc_error
 from .training import kinds, line, predict, train_request, version_dirs

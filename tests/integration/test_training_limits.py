@@ -17,18 +17,18 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools import cli
 from gateway.server import Gateway
-from serving import cli
+from serving.app.server import Service
 from serving.backend import TrainSpec
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
+from serving.engine.repository import ModelRepository
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.repository import ModelRepository
-from serving.seed import SEED_MODEL, seed_repository
-from serving.server import Service
-from serving.trainer import train_version
+from serving.training.seed import SEED_MODEL, seed_repository
+from serving.training.trainer import train_version
 
 from .oip import eventually, rpc_error
 from .training import inline, kinds, line, predict, train_request, version_dirs

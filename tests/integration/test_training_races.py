@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 import pytest
 
+from serving.app.server import Service
 from serving.backend import TrainResult, TrainSpec
-from serving.fake import AffineBackend
+from serving.backend.fake import AffineBackend
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.server import Service
 
 from .conftest import WAIT_S
 from .oip import eventually

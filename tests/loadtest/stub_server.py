@@ -7,7 +7,7 @@ server per test module serves every case (each model name keeps its own call cou
 - `fail...`: of every 10 calls, #0 RESOURCE_EXHAUSTED, #1 and #2 UNAVAILABLE, the rest 360.
 - `wrong...`: every 50th call answers 361.5.
 
-    python -m tests.loadtest.stub_server serve --port 0 --port-file F   (as serving.stack launches)
+    python -m tests.loadtest.stub_server serve --port 0 --port-file F   (as devtools.stack launches)
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
+from serving.engine.onnx_model import onnx_providers
 from serving.errors import BackendUnavailable, InvalidInput
-from serving.onnx_model import onnx_providers
 
 
 def test_cpu_is_the_cpu_provider() -> None:

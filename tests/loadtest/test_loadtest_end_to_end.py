@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools.stack import Process, launch
 from loadtest.cli import main
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.stack import Process, launch
 
 pytestmark = pytest.mark.framework
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from devtools.stack import launch
 from loadtest import ClientPool, LoadResult, OutputClose, closed_loop
 from serving.pb import inference_pb2 as pb
-from serving.stack import launch
 
 RIGHT = OutputClose.of("price_k", np.array([[360.0]]), 1.0)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from devtools.stack import launch
 from loadtest.cli import _parser, _Run, main
 from loadtest.devices import DeviceProbe, gpu_unavailable
-from serving.stack import launch
 
 
 @pytest.fixture(scope="module")

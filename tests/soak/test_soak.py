@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.datasets import HOUSE_PRICE_INPUT
+from devtools.stack import Process, launch
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.seed import SEED_MODEL
-from serving.stack import Process, launch
+from serving.training.datasets import HOUSE_PRICE_INPUT
+from serving.training.seed import SEED_MODEL
 
 SOAK_S = float(os.environ.get("TWINSERVE_SOAK_S", "0"))
 pytestmark = [

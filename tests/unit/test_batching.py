@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, BatchResult
+from serving.engine.batching import Batcher, BatchResult
+from serving.engine.model_config import BatchingConfig
 from serving.errors import InvalidInput, ServingError
-from serving.model_config import BatchingConfig
 
 Arrays = dict[str, np.ndarray]
 

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.codec import (
+from serving.errors import InvalidInput
+from serving.pb import inference_pb2 as pb
+from serving.protocol.codec import (
     check_inputs,
     decode_inputs,
     decode_tensor,
@@ -17,9 +19,7 @@ from serving.codec import (
     numpy_to_datatype,
     serialize_bytes,
 )
-from serving.errors import InvalidInput
-from serving.pb import inference_pb2 as pb
-from serving.translate import request_from_pb, response_to_pb
+from serving.protocol.translate import request_from_pb, response_to_pb
 from serving.types import InferResponse
 
 InputTensor = pb.ModelInferRequest.InferInputTensor

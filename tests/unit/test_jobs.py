@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from serving.backend import TrainResult, TrainSpec
+from serving.backend.fake import AffineBackend
+from serving.engine.manager import ModelManager
+from serving.engine.repository import ModelRepository
 from serving.errors import BackendUnavailable, NotFound
-from serving.fake import AffineBackend
-from serving.jobs import _DONE, _NEXT, Job, JobEvent, JobManager, JobState
-from serving.manager import ModelManager
-from serving.repository import ModelRepository
-from serving.training_data import InlineData, TrainOrder
+from serving.training.data import InlineData, TrainOrder
+from serving.training.jobs import _DONE, _NEXT, Job, JobEvent, JobManager, JobState
 
 X = np.arange(10, dtype=np.float32).reshape(-1, 1)
 WAIT_S = 30.0

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from serving.errors import RepositoryError
-from serving.model_config import (
+from serving.engine.model_config import (
     CONFIG_FILE,
     DEFAULT_MAX_QUEUE_SIZE,
     BatchingConfig,
     ModelConfig,
     VersionPolicy,
 )
+from serving.errors import RepositoryError
 
 
 def _read(tmp_path: Path, text: str) -> ModelConfig:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from serving.engine.repository import META_FILE, ModelRepository, VersionMeta
 from serving.errors import InvalidInput, ModelNotFound, RepositoryError, VersionNotFound
-from serving.repository import META_FILE, ModelRepository, VersionMeta
 from serving.types import Signature, TensorSpec
 
 META = VersionMeta(

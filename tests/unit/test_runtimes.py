@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from serving.backend import TrainSpec
+from serving.backend.fake import AffineBackend
+from serving.engine.onnx_model import ONNX_FILE
+from serving.engine.repository import VersionMeta
+from serving.engine.runtimes import export_runtimes, load_runtime
 from serving.errors import RepositoryError
-from serving.fake import AffineBackend
-from serving.onnx_model import ONNX_FILE
-from serving.repository import VersionMeta
-from serving.runtimes import export_runtimes, load_runtime
 
 X = np.linspace(500, 3500, 16, dtype=np.float32).reshape(-1, 1)
 SPEC = TrainSpec(

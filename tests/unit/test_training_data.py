@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.architectures import ARCHITECTURES, parameter_count
+from serving.backend.architectures import ARCHITECTURES, parameter_count
 from serving.errors import InvalidInput, NotFound, ResourceExhausted
-from serving.training_data import (
+from serving.training.data import (
     MAX_SEED,
     BuiltinData,
     CsvData,

@@ -1,0 +1,411 @@
+"""Which model versions are loaded: loading them from the repository by each model's version
+policy, swapping new versions in while old ones finish their requests, unloading, and
+picking up what appears on disk (polling)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from serving.backend import Backend, Model
+from serving.engine.loaded import RUNTIMES, LoadedVersion, warm_up
+from serving.engine.model_config import ModelConfig, VersionPolicy
+from serving.engine.repository import ModelRepository, check_model_name
+from serving.engine.runtimes import load_runtime
+from serving.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    RepositoryError,
+    ServingError,
+    VersionNotFound,
+)
+
+__all__ = ["LoadedVersion", "ModelManager", "ModelState"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: ModelState
+    versions: dict[int, LoadedVersion]
+    reason: str = ""
+    failed: dict[int, str] = field(default_factory=dict)  # version -> why it did not load
+    # What the last load attempt saw on disk: polling retries only when it changes.
+    seen: tuple[object, ...] = ()
+    config: ModelConfig | None = None  # the configuration the versions were loaded by
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+
+
+class ModelManager:
+    """Holds the loaded versions of every model. Requests take a version with `use`, which
+    keeps it open until they finish; loads build new versions off to the side and swap the
+    model's entry in one step, so a request sees one consistent version."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        backend: Backend,
+        *,
+        latest: int = 1,
+        runtime_threads: int = 0,
+    ) -> None:
+        self.repository = repository
+        self.backend = backend
+        self.latest = latest
+        self.runtime_threads = runtime_threads
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()  # guards _entries and reference counts
+        self._load_lock = threading.Lock()  # one load at a time
+        self._unloaded: set[str] = set()  # unloaded on request: polling leaves them be
+        self._closed = False
+
+    # ---- lookups (request path) ----
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        if not name:
+            raise InvalidInput("the request names no model (the model name is empty)")
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name}'")
+        if entry.state is not ModelState.READY or not entry.versions:
+            detail = f": {entry.reason}" if entry.reason else ""
+            raise ModelNotReady(f"model '{name}' is {entry.state.lower()}{detail}")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        if not version.isdecimal() or version != str(int(version)):
+            raise VersionNotFound(
+                f"model '{name}' has no version '{version}' "
+                "(versions are positive integers, without leading zeros)"
+            )
+        loaded = entry.versions.get(int(version))
+        if loaded is None:
+            served = ", ".join(str(v) for v in sorted(entry.versions))
+            failed = entry.failed.get(int(version))
+            why = f" (it failed to load: {failed})" if failed else ""
+            raise VersionNotFound(
+                f"model '{name}' has no loaded version {version}{why}; serving: {served}"
+            )
+        return loaded
+
+    @contextmanager
+    def use(self, name: str, version: str = "") -> Iterator[LoadedVersion]:
+        """The version a request runs on, kept open until the request is done."""
+        with self._lock:
+            loaded = self.get(name, version)
+            loaded.refs += 1
+        try:
+            yield loaded
+        finally:
+            with self._lock:
+                loaded.refs -= 1
+                close = loaded.retired and loaded.refs == 0
+            if close:
+                # The last request out closes a retired version; closing a framework model
+                # can take a while, so not on the caller's (event loop) thread.
+                threading.Thread(target=loaded.close, name="close-version").start()
+
+    def loaded_versions(self, name: str) -> list[int]:
+        self.get(name)  # raises the right error for unknown or unavailable models
+        return sorted(self._entries[name].versions)
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def index(self) -> list[tuple[str, str, ModelState, str]]:
+        """(name, version, state, reason) for every model on disk or loaded."""
+        rows: list[tuple[str, str, ModelState, str]] = []
+        for name in sorted(set(self.repository.models()) | set(self._entries)):
+            entry = self._entries.get(name)
+            if entry is None:
+                rows.append((name, "", ModelState.UNAVAILABLE, "unloaded"))
+                continue
+            versions = {v: (entry.state, entry.reason) for v in entry.versions}
+            versions |= {v: (ModelState.UNAVAILABLE, why) for v, why in entry.failed.items()}
+            if not versions:
+                rows.append((name, "", entry.state, entry.reason))
+            rows.extend((name, str(v), s, why) for v, (s, why) in sorted(versions.items()))
+        return rows
+
+    def states(self) -> list[tuple[str, str, str, float | None]]:
+        """(name, version, state, load seconds or None) of every model version this manager
+        knows, loaded or failed, without touching the disk (metrics read it from another
+        thread)."""
+        with self._lock:
+            entries = list(self._entries.items())
+        rows: list[tuple[str, str, str, float | None]] = []
+        for name, entry in sorted(entries):
+            versions = dict(entry.versions)
+            for version, loaded in sorted(versions.items()):
+                rows.append((name, str(version), str(entry.state), loaded.load_seconds))
+            for version in sorted(set(entry.failed) - set(versions)):
+                rows.append((name, str(version), str(ModelState.UNAVAILABLE), None))
+            if not versions and not entry.failed:
+                rows.append((name, "", str(entry.state), None))
+        return rows
+
+    def ready_names(self) -> list[str]:
+        return sorted(n for n, e in self._entries.items() if e.state is ModelState.READY)
+
+    # ---- loading (blocking: run off the event loop) ----
+
+    def _load_version(self, name: str, version: int, config: ModelConfig) -> LoadedVersion:
+        started = time.perf_counter()
+        meta = self.repository.read_meta(name, version)
+        path = self.repository.path(name, version)
+        models: dict[str, Model] = {}
+        unavailable: dict[str, str] = {
+            runtime: f"its export was refused: {info.get('reason', 'unknown reason')}"
+            for runtime, info in meta.runtimes.items()
+            if info.get("status") == "refused"
+        }
+        try:
+            for runtime in meta.usable_runtimes():
+                if runtime not in self.backend.runtimes:
+                    continue
+                try:
+                    models[runtime] = load_runtime(
+                        self.backend, path, meta, runtime, threads=self.runtime_threads
+                    )
+                except ServingError as exc:
+                    if runtime == "native":
+                        raise
+                    logger.warning(
+                        "%s v%d: %s runtime failed to load: %s", name, version, runtime, exc.message
+                    )
+                    unavailable[runtime] = f"it failed to load: {exc.message}"
+            default = config.runtime if config.runtime in models else "native"
+            if default != config.runtime:
+                logger.warning(
+                    "%s v%d has no %s runtime (%s); serving native by default",
+                    name,
+                    version,
+                    config.runtime,
+                    unavailable.get(config.runtime, "not exported"),
+                )
+            loaded = LoadedVersion(
+                name,
+                version,
+                meta,
+                models,
+                default,
+                unavailable,
+                batching=config.batching,
+                max_batch_size=config.max_batch_size,
+            )
+            warm_up(loaded)
+            loaded.load_seconds = time.perf_counter() - started
+        except BaseException:
+            for model in models.values():
+                model.close()
+            raise
+        logger.info("loaded %s version %d (runtimes: %s)", name, version, ", ".join(models))
+        return loaded
+
+    def policy(self, name: str) -> VersionPolicy:
+        """The version policy `name` is served by (the configuration it was loaded with, not
+        whatever `config.json` says now), or latest N."""
+        entry = self._entries.get(name)
+        config = entry.config if entry is not None else None
+        return self._policy(config or ModelConfig())
+
+    def _policy(self, config: ModelConfig) -> VersionPolicy:
+        return config.policy or VersionPolicy("latest", num_versions=self.latest)
+
+    def load(self, name: str) -> None:
+        """(Re)loads `name` by its version policy. New versions are loaded and warmed before
+        they replace the old; old versions finish their requests before they are closed. If
+        no wanted version loads, whatever served before keeps serving."""
+        with self._load_lock:
+            if self._closed:
+                raise ModelNotReady("the service is shutting down")
+            self._unloaded.discard(name)
+            self._load(name)
+
+    def _fingerprint(
+        self, name: str, on_disk: list[int], config: ModelConfig
+    ) -> tuple[object, ...]:
+        """What polling compares: the versions, each version directory's modification time
+        (files renamed in or removed change it, so a fixed version is retried), the config."""
+        stamps = []
+        for version in on_disk:
+            try:
+                stamps.append((version, self.repository.path(name, version).stat().st_mtime_ns))
+            except OSError:
+                stamps.append((version, 0))
+        return (tuple(stamps), config)
+
+    def _load(self, name: str) -> None:
+        seen: tuple[object, ...] = ()
+        try:
+            config = self.repository.read_config(name)
+            on_disk = self.repository.versions(name)
+            seen = self._fingerprint(name, on_disk, config)
+            if config.runtime not in RUNTIMES:
+                raise RepositoryError(
+                    f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
+                    f"configuration (runtimes: {', '.join(RUNTIMES)})"
+                )
+            wanted = self._policy(config).select(on_disk)
+            if not wanted:
+                raise ModelNotFound(
+                    f"model '{name}' has no version its policy serves "
+                    f"(on disk: {on_disk or 'none'})"
+                )
+        except ServingError as exc:
+            self._unusable(name, _reason(exc), seen)
+            raise
+        current = self._entries.get(name)
+        keep = current.versions if current else {}
+        fresh: dict[int, LoadedVersion] = {}
+        failed: dict[int, str] = {}
+        for version in wanted:
+            old = keep.get(version)
+            if (
+                old is not None
+                and old.batching == config.batching
+                and old.max_batch_size == config.max_batch_size
+                and old.default_runtime
+                == (config.runtime if config.runtime in old.models else "native")
+            ):
+                fresh[version] = old
+                continue
+            try:
+                fresh[version] = self._load_version(name, version, config)
+            except Exception as exc:
+                logger.exception("%s version %d failed to load", name, version)
+                failed[version] = _reason(exc)
+        with self._lock:
+            if not fresh:
+                if current is None or not current.versions:
+                    self._entries[name] = _Entry(
+                        ModelState.UNAVAILABLE,
+                        {},
+                        "; ".join(f"version {v}: {why}" for v, why in failed.items()),
+                        failed,
+                        seen,
+                    )
+                elif current is not None:
+                    current.failed, current.seen = failed, seen
+                raise RepositoryError(
+                    f"model '{name}' could not load: "
+                    + "; ".join(f"version {v}: {why}" for v, why in failed.items())
+                )
+            self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen, config)
+            retired = [old for v, old in keep.items() if fresh.get(v) is not old]
+        self._retire(retired)
+
+    def _unusable(self, name: str, reason: str, seen: tuple[object, ...]) -> None:
+        """Records why a model in the repository cannot load (its configuration, no version
+        to serve), so requests and the index say so and polling waits for a change. What
+        served before keeps serving. Names not in the repository get no entry."""
+        if name not in self.repository.models():
+            return
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.versions:
+                current.seen = seen
+            else:
+                self._entries[name] = _Entry(ModelState.UNAVAILABLE, {}, reason, {}, seen)
+
+    def _retire(self, versions: list[LoadedVersion]) -> None:
+        """Closes each version now if no request holds it, else when the last one ends."""
+        closing: list[LoadedVersion] = []
+        with self._lock:
+            for loaded in versions:
+                loaded.retired = True
+                if loaded.refs == 0:
+                    closing.append(loaded)
+        for loaded in closing:
+            loaded.close()
+
+    def unload(self, name: str) -> None:
+        """The model stays known, as UNAVAILABLE, so requests say it is unloaded rather than
+        unknown; polling leaves it unloaded until it is loaded again."""
+        check_model_name(name)
+        with self._load_lock:
+            self._unloaded.add(name)
+            with self._lock:
+                entry = self._entries.get(name)
+                if entry is None and name not in self.repository.models():
+                    self._unloaded.discard(name)
+                    raise ModelNotFound(f"unknown model '{name}'")
+                self._entries[name] = _Entry(ModelState.UNAVAILABLE, {}, "unloaded")
+            self._retire(list(entry.versions.values()) if entry else [])
+        logger.info("unloaded %s", name)
+
+    def load_all(self) -> None:
+        """Loads every model in the repository; one that fails is marked UNAVAILABLE with
+        the reason, and the others still load."""
+        for name in self.repository.models():
+            try:
+                self.load(name)
+            except Exception as exc:
+                logger.error("model %s is unavailable: %s", name, _reason(exc))
+
+    def refresh(self) -> None:
+        """One polling pass: loads what changed on disk (new models, new versions, a new
+        configuration), unloads models whose directory is gone."""
+        with self._load_lock:
+            if self._closed:
+                return
+            on_disk = set(self.repository.models())
+            for name in sorted(on_disk - self._unloaded):
+                entry = self._entries.get(name)
+                seen: tuple[object, ...] = ()
+                try:
+                    config = self.repository.read_config(name)
+                    seen = self._fingerprint(name, self.repository.versions(name), config)
+                except ServingError:
+                    pass  # _load below reports it
+                if entry is not None and entry.seen == seen:
+                    continue
+                try:
+                    self._load(name)
+                except Exception as exc:
+                    logger.error("model %s did not load: %s", name, _reason(exc))
+            for name in set(self._entries) - on_disk:
+                with self._lock:
+                    entry = self._entries.pop(name)
+                self._retire(list(entry.versions.values()))
+                logger.info("model %s left the repository: unloaded", name)
+
+    async def aload(self, name: str) -> None:
+        await asyncio.to_thread(self.load, name)
+
+    async def poll(self, interval: float) -> None:
+        """Runs `refresh` every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                logger.exception("repository poll failed")
+
+    def close(self) -> None:
+        # Taking the load lock waits out a load or polling pass still running in a thread.
+        with self._load_lock:
+            self._closed = True
+        with self._lock:
+            entries, self._entries = self._entries, {}
+        for entry in entries.values():
+            self._retire(list(entry.versions.values()))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,8 @@ import grpc
 import numpy as np
 
 from benchmarks.serving import price_request
-from devtools.stack import Process, launch
+from devtools.frameworks import frameworks, gateway_frameworks
+from devtools.stack import Process, launch, seed
 from serving.pb import inference_pb2_grpc as pb_grpc
 
 
@@ -31,45 +30,37 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path("models"))
     opts = parser.parse_args()
 
-    for module, sub in (("tf_service", "tensorflow"), ("torch_service", "pytorch")):
-        subprocess.run(
-            [sys.executable, "-m", module, "seed", "--model-repository", str(opts.models / sub)],
-            check=True,
-            capture_output=True,
-        )
+    known = frameworks()
+    seed(opts.models, known)
     started: list[Process] = []
     try:
         echo = launch("echo", "benchmarks.echo_server")
         started.append(echo)
-        tf = launch(
-            "tensorflow", "tf_service", ["--model-repository", str(opts.models / "tensorflow")]
-        )
-        started.append(tf)
-        torch = launch(
-            "pytorch", "torch_service", ["--model-repository", str(opts.models / "pytorch")]
-        )
-        started.append(torch)
+        services: dict[str, Process] = {}
+        for name, framework in known.items():
+            repository = ["--model-repository", str(opts.models / framework.repository)]
+            services[name] = launch(name, framework.module, repository)
+            started.append(services[name])
         gw = launch(
             "gateway",
             "gateway",
             env={
-                "TWINSERVE_GATEWAY_TENSORFLOW_URL": tf.address,
-                "TWINSERVE_GATEWAY_PYTORCH_URL": torch.address,
+                **gateway_frameworks({name: p.address for name, p in services.items()}),
                 "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING",
             },
         )
         started.append(gw)
-        targets = {
-            "echo floor": (echo.address, None, ""),
-            "tensorflow direct": (tf.address, None, ""),
-            "tensorflow tflite direct": (tf.address, None, "tflite"),
-            "tensorflow onnx direct": (tf.address, None, "onnx"),
-            "pytorch direct": (torch.address, None, ""),
-            "pytorch torchscript direct": (torch.address, None, "torchscript"),
-            "pytorch onnx direct": (torch.address, None, "onnx"),
-            "tensorflow via gateway": (gw.address, "tensorflow", ""),
-            "pytorch via gateway": (gw.address, "pytorch", ""),
-        }
+        targets: dict[str, tuple[str, str | None, str]] = {"echo floor": (echo.address, None, "")}
+        for name, framework in known.items():
+            for runtime in framework.runtimes:
+                label = f"{name} direct" if runtime == "native" else f"{name} {runtime} direct"
+                targets[label] = (
+                    services[name].address,
+                    None,
+                    "" if runtime == "native" else runtime,
+                )
+        for name in known:
+            targets[f"{name} via gateway"] = (gw.address, name, "")
         channels = {name: grpc.insecure_channel(addr) for name, (addr, _, _) in targets.items()}
         calls = {
             name: (

@@ -19,7 +19,6 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,7 +29,8 @@ import grpc
 import numpy as np
 
 from benchmarks.peers import PEERS, start_peer
-from devtools.stack import Process, launch
+from devtools.frameworks import Framework, frameworks, gateway_frameworks
+from devtools.stack import Process, launch, seed
 from loadtest.checks import OutputClose
 from loadtest.generator import ClientPool
 from loadtest.report import machine
@@ -39,6 +39,7 @@ from loadtest.workloads import ModelSpec, ensure_model
 from serving.engine.model_config import CONFIG_FILE
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.protocol.names import FRAMEWORK_PARAM, RUNTIME_PARAM
 
 CNN = ModelSpec("bench_cnn", "cnn", "digits", "image", "probabilities")
 BATCHED = "bench_cnn_batched"
@@ -74,9 +75,9 @@ def price_request(
     request.inputs.add(name="size_sqft", datatype="FP32", shape=[1, 1])
     request.raw_input_contents.append(np.array([[1800.0]], np.float32).tobytes())
     if framework:
-        request.parameters["framework"].string_param = framework
+        request.parameters[FRAMEWORK_PARAM].string_param = framework
     if runtime:
-        request.parameters["runtime"].string_param = runtime
+        request.parameters[RUNTIME_PARAM].string_param = runtime
     return request
 
 
@@ -113,15 +114,9 @@ def rss_mib(process: Process) -> float:
     return total_kib / 1024
 
 
-def prepare(models: Path) -> None:
-    for module, sub in (("tf_service", "tensorflow"), ("torch_service", "pytorch")):
-        command = [sys.executable, "-m", module, "seed", "--model-repository", str(models / sub)]
-        subprocess.run(command, check=True, capture_output=True, timeout=600)
-
-
-def batched_copy(models: Path, address: str) -> None:
+def batched_copy(repository: Path, address: str) -> None:
     """`bench_cnn_batched`: the same weights as `bench_cnn`, with dynamic batching on."""
-    source, target = models / "pytorch" / CNN.name, models / "pytorch" / BATCHED
+    source, target = repository / CNN.name, repository / BATCHED
     if not target.exists():
         staging = target.with_name(f".incoming-{BATCHED}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -134,8 +129,11 @@ def batched_copy(models: Path, address: str) -> None:
 
 
 @contextmanager
-def stack(models: Path, peers: dict[str, str]) -> Iterator[tuple[dict[str, Process], list[str]]]:
-    """Starts everything; yields the processes by name and notes on what could not start."""
+def stack(
+    models: Path, known: dict[str, Framework], cnn: str, peers: dict[str, str]
+) -> Iterator[tuple[dict[str, Process], list[str]]]:
+    """Starts everything (every framework's service, the CNN scenarios on framework `cnn`);
+    yields the processes by name and notes on what could not start."""
     notes: list[str] = []
     with ExitStack() as stop:
         started: dict[str, Process] = {}
@@ -146,17 +144,18 @@ def stack(models: Path, peers: dict[str, str]) -> Iterator[tuple[dict[str, Proce
             return process
 
         keep("echo", launch("echo", "benchmarks.echo_server"))
-        torch_repo = ["--model-repository", str(models / "pytorch")]
-        tf_repo = ["--model-repository", str(models / "tensorflow")]
-        torch = keep("pytorch", launch("pytorch", "torch_service", torch_repo, env=QUIET))
-        tf = keep("tensorflow", launch("tensorflow", "tf_service", tf_repo, env=QUIET))
-        print(ensure_model(CNN, "pytorch", torch.address, via_gateway=False), flush=True)
-        batched_copy(models, torch.address)
+        services = {
+            name: keep(name, launch(name, f.module, _repository(models, f), env=QUIET))
+            for name, f in known.items()
+        }
+        heavy = services[cnn]
+        print(ensure_model(CNN, cnn, heavy.address, via_gateway=False), flush=True)
+        batched_copy(models / known[cnn].repository, heavy.address)
         two = {**QUIET, "TWINSERVE_WORKERS": "2"}
-        keep("pytorch x2", launch("pytorch-x2", "torch_service", torch_repo, env=two))
+        repository = _repository(models, known[cnn])
+        keep(f"{cnn} x2", launch(f"{cnn}-x2", known[cnn].module, repository, env=two))
         gateway_env = {
-            "TWINSERVE_GATEWAY_TENSORFLOW_URL": tf.address,
-            "TWINSERVE_GATEWAY_PYTORCH_URL": torch.address,
+            **gateway_frameworks({name: p.address for name, p in services.items()}),
             "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING",
         }
         keep("gateway", launch("gateway", "gateway", env=gateway_env))
@@ -168,7 +167,11 @@ def stack(models: Path, peers: dict[str, str]) -> Iterator[tuple[dict[str, Proce
         yield started, notes
 
 
-def targets(started: dict[str, Process]) -> list[Target]:
+def _repository(models: Path, framework: Framework) -> list[str]:
+    return ["--model-repository", str(models / framework.repository)]
+
+
+def targets(started: dict[str, Process], known: dict[str, Framework], cnn: str) -> list[Target]:
     found: list[Target] = []
 
     def price(name: str, process: str, request: pb.ModelInferRequest) -> None:
@@ -177,16 +180,15 @@ def targets(started: dict[str, Process]) -> list[Target]:
             found.append(Target(name, started[process].address, request, "price_k", expected, 1))
 
     price("echo floor", "echo", price_request())
-    for runtime in ("native", "torchscript", "onnx"):
-        price(f"pytorch {runtime}", "pytorch", price_request(runtime=runtime))
-    for runtime in ("native", "tflite", "onnx"):
-        price(f"tensorflow {runtime}", "tensorflow", price_request(runtime=runtime))
-    price("pytorch native, 2 workers", "pytorch x2", price_request())
-    price("gateway -> pytorch", "gateway", price_request(framework="pytorch"))
-    price("gateway -> tensorflow", "gateway", price_request(framework="tensorflow"))
+    for name, framework in known.items():
+        for runtime in framework.runtimes:
+            price(f"{name} {runtime}", name, price_request(runtime=runtime))
+    price(f"{cnn} native, 2 workers", f"{cnn} x2", price_request())
+    for name in known:
+        price(f"gateway -> {name}", "gateway", price_request(framework=name))
     for peer in PEERS:
         price(f"peer: {peer}", peer, price_request())
-    torch = started["pytorch"].address
+    torch = started[cnn].address
     for name, model in (("cnn, batching off", CNN.name), ("cnn, batching on", BATCHED)):
         request = image_request(model)
         expected = _answer(torch, image_request(CNN.name), CNN.output_name)
@@ -225,7 +227,7 @@ def measure(
 def soak(started: dict[str, Process], found: list[Target], seconds: float) -> dict[str, float]:
     """Concurrency 16 on each service's main target for `seconds` in all; RSS growth in %."""
     before = {name: rss_mib(p) for name, p in started.items()}
-    plan = [t for t in found if t.name in ("pytorch native", "tensorflow native")]
+    plan = [t for t in found if t.name in {f"{name} native" for name in started}]
     plan += [t for t in found if t.name.startswith("gateway") or t.name == "cnn, batching on"]
     if not plan:
         return {}
@@ -319,14 +321,23 @@ def main() -> None:
     for peer in PEERS:
         parser.add_argument(f"--{peer}-python", help=f"a Python that has {peer} installed")
     parser.add_argument("--write", type=Path, help="put the table into this Markdown file")
+    known = frameworks()
+    # A setting, defaulting to the framework the published table (docs/benchmarks.md) ran
+    # these targets on, so that its rows compare run to run.
+    parser.add_argument(
+        "--cnn-framework",
+        default="pytorch",
+        choices=[name for name, f in known.items() if f.trains],
+        help="the framework of the CNN, batching and two-worker targets",
+    )
     opts = parser.parse_args()
 
-    prepare(opts.models)
+    seed(opts.models, known)
     peers = {p: getattr(opts, f"{p}_python") for p in PEERS if getattr(opts, f"{p}_python")}
     notes = [f"{p} (no --{p}-python given)" for p in PEERS if p not in peers]
-    with stack(opts.models, peers) as (started, failed):
+    with stack(opts.models, known, opts.cnn_framework, peers) as (started, failed):
         notes += failed
-        found = targets(started)
+        found = targets(started, known, opts.cnn_framework)
         memory = {name: rss_mib(p) for name, p in started.items() if name != "echo"}
         measure(
             found,

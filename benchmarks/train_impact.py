@@ -10,8 +10,6 @@ bracket the busy one, so drift shows). The job is cancelled once the busy phase 
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ import grpc
 import numpy as np
 
 from benchmarks.serving import price_request
-from devtools.stack import Process, launch
+from devtools.frameworks import frameworks
+from devtools.stack import Process, launch, seed
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
@@ -74,16 +73,13 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path("models"))
     opts = parser.parse_args()
     rows: list[str] = []
-    for module, name in (("torch_service", "pytorch"), ("tf_service", "tensorflow")):
-        repository = opts.models / name
-        subprocess.run(
-            [sys.executable, "-m", module, "seed", "--model-repository", str(repository)],
-            check=True,
-            capture_output=True,
-        )
+    trainers = {name: f for name, f in frameworks().items() if f.trains}
+    seed(opts.models, trainers)
+    for name, framework in trainers.items():
+        repository = opts.models / framework.repository
         process = launch(
             name,
-            module,
+            framework.module,
             ["--model-repository", str(repository)],
             env={
                 "TWINSERVE_LOG_LEVEL": "WARNING",

@@ -26,6 +26,7 @@ from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.protocol.codec import decode_tensor
+from serving.protocol.names import FRAMEWORK_HEADER, FRAMEWORK_PARAM
 from serving.rpc.security import BearerTokenClient
 
 __all__ = ["main"]
@@ -54,7 +55,7 @@ def predict(
     tls_ca: Path | None = None,
     token: str | None = None,
 ) -> tuple[pb.ModelInferResponse, np.ndarray]:
-    metadata = (("x-framework", framework),) if framework else None
+    metadata = ((FRAMEWORK_HEADER, framework),) if framework else None
     with connect(url, tls_ca=tls_ca, token=token) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         meta = stub.ModelMetadata(
@@ -66,7 +67,7 @@ def predict(
         request.inputs.add(name=spec.name, datatype="FP32", shape=data.shape)
         request.raw_input_contents.append(data.tobytes())
         if framework:
-            request.parameters["framework"].string_param = framework
+            request.parameters[FRAMEWORK_PARAM].string_param = framework
         response = stub.ModelInfer(request, timeout=timeout)
     output = response.outputs[0]
     result = decode_tensor(
@@ -195,6 +196,10 @@ def _jobs_table(jobs: Iterable[tpb.Job], out: TextIO) -> None:
         )
 
 
+# The gateway knows its frameworks (its settings) and refuses any other name, naming its set.
+_FRAMEWORK_HELP = "a framework the gateway serves (default: the model's)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twinserve")
     parser.add_argument("--url", default="localhost:8001", help="gateway or service address")
@@ -211,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="predict with a model")
     p.add_argument("values", nargs="+", type=float, help="input values (house sizes in sq ft)")
     p.add_argument("--model", default="house_price")
-    p.add_argument("--framework", choices=("tensorflow", "pytorch"))
+    p.add_argument("--framework", help=_FRAMEWORK_HELP)
     p.add_argument("--timeout", type=float, default=10.0)
 
     c = commands.add_parser("compare", help="one prediction from several frameworks, compared")
@@ -237,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--csv", help="CSV file under the service's data directory")
     t.add_argument("--features", type=lambda s: s.split(","), help="CSV feature columns a,b,c")
     t.add_argument("--target", help="CSV target column")
-    t.add_argument("--framework", choices=("tensorflow", "pytorch"))
+    t.add_argument("--framework", help=_FRAMEWORK_HELP)
     t.add_argument("--device", default="")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int)
@@ -253,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     j = commands.add_parser("jobs", help="list training jobs")
-    j.add_argument("--framework", choices=("tensorflow", "pytorch"))
+    j.add_argument("--framework", help=_FRAMEWORK_HELP)
     j.add_argument("--model", default="")
 
     one = commands.add_parser("job", help="show, follow or cancel one job")
@@ -276,7 +281,7 @@ def _run(args: argparse.Namespace, channel: grpc.Channel) -> int:
             tls_ca=args.tls_ca,
             token=args.token,
         )
-        served_by = response.parameters["framework"].string_param or "?"
+        served_by = response.parameters[FRAMEWORK_PARAM].string_param or "?"
         for value, answer in zip(args.values, result.ravel(), strict=True):
             print(
                 f"{response.model_name} v{response.model_version} ({served_by}): "

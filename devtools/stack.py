@@ -1,5 +1,6 @@
-"""Runs the whole stack on this machine (`make run`): the TensorFlow service, the PyTorch
-service and the gateway as child processes, and stops them together.
+"""Runs the whole stack on this machine (`make run`): every framework's service of
+`devtools/frameworks.json` and the gateway in front of them as child processes, and stops them
+together; `seed` trains the seed model into the repositories that lack it (`make seed`).
 
 `launch` is also what the tests use to start real servers on port 0.
 """
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Process", "launch"]
+from devtools.frameworks import FRAMEWORKS_FILE, Framework, frameworks, gateway_frameworks
+
+__all__ = ["Process", "launch", "seed"]
 
 
 @dataclass
@@ -79,17 +82,51 @@ def launch(
     return Process(name, popen, int(port_file.read_text()))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _repository(models: Path, framework: Framework) -> list[str]:
+    return ["--model-repository", str(models / framework.repository)]
+
+
+def seed(models: Path, chosen: Mapping[str, Framework]) -> None:
+    """Trains the seed model into the repository of every chosen framework that trains (all
+    at once) and lacks it; RuntimeError naming the one that failed."""
+    running = {
+        name: subprocess.Popen([sys.executable, "-m", f.module, "seed", *_repository(models, f)])
+        for name, f in chosen.items()
+        if f.trains
+    }
+    failed = [name for name, popen in running.items() if popen.wait() != 0]
+    if failed:
+        raise RuntimeError(f"seeding failed for {', '.join(failed)}")
+
+
+def _parse(argv: Sequence[str] | None, known: Mapping[str, Framework]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devtools.stack")
+    parser.add_argument("command", nargs="?", choices=("run", "seed"), default="run")
     parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--frameworks",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=list(known),
+        help=f"comma-separated, from {FRAMEWORKS_FILE.name} (default: {','.join(known)})",
+    )
     parser.add_argument("--gateway-port", type=int, default=8001)
-    parser.add_argument("--tensorflow-port", type=int, default=8500)
-    parser.add_argument("--pytorch-port", type=int, default=7070)
-    # Prometheus /metrics of each (deploy/monitoring/prometheus.yml scrapes these).
+    # Prometheus /metrics (deploy/monitoring/prometheus.yml scrapes these); the services'
+    # ports come from the frameworks file.
     parser.add_argument("--gateway-metrics-port", type=int, default=8002)
-    parser.add_argument("--tensorflow-metrics-port", type=int, default=8502)
-    parser.add_argument("--pytorch-metrics-port", type=int, default=7072)
     opts = parser.parse_args(argv)
+    unknown = [name for name in opts.frameworks if name not in known]
+    if unknown:
+        parser.error(f"unknown frameworks {unknown}: {FRAMEWORKS_FILE} has {', '.join(known)}")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    known = frameworks()
+    opts = _parse(argv, known)
+    chosen = {name: known[name] for name in opts.frameworks}
+    if opts.command == "seed":
+        seed(opts.models, chosen)
+        return
 
     started: list[Process] = []
     stop_requested = False
@@ -101,44 +138,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        tf = launch(
-            "tensorflow",
-            "tf_service",
-            port=opts.tensorflow_port,
-            args=["--model-repository", str(opts.models / "tensorflow")],
-            env={"TWINSERVE_METRICS_PORT": str(opts.tensorflow_metrics_port)},
-        )
-        started.append(tf)
-        torch = launch(
-            "pytorch",
-            "torch_service",
-            port=opts.pytorch_port,
-            args=["--model-repository", str(opts.models / "pytorch")],
-            env={"TWINSERVE_METRICS_PORT": str(opts.pytorch_metrics_port)},
-        )
-        started.append(torch)
+        services: dict[str, Process] = {}
+        for name, framework in chosen.items():
+            services[name] = launch(
+                name,
+                framework.module,
+                port=framework.port,
+                args=_repository(opts.models, framework),
+                env={"TWINSERVE_METRICS_PORT": str(framework.metrics_port)},
+            )
+            started.append(services[name])
         gateway = launch(
             "gateway",
             "gateway",
             port=opts.gateway_port,
             env={
-                "TWINSERVE_GATEWAY_TENSORFLOW_URL": tf.address,
-                "TWINSERVE_GATEWAY_PYTORCH_URL": torch.address,
+                **gateway_frameworks({name: p.address for name, p in services.items()}),
                 "TWINSERVE_GATEWAY_METRICS_PORT": str(opts.gateway_metrics_port),
             },
         )
         started.append(gateway)
+        width = max(len("gateway"), *(len(name) for name in services)) + 2
+        lines = [f"  {'gateway':<{width}}{gateway.address}   (Open Inference Protocol, gRPC)"]
+        lines += [f"  {name:<{width}}{p.address}" for name, p in services.items()]
+        metrics = ", ".join(f":{f.metrics_port} ({name})" for name, f in chosen.items())
+        tries = "\n      ".join(
+            f".venv/bin/twinserve predict 1800 --framework {name}" for name in services
+        )
         print(
-            f"\ntwinserve is up:\n"
-            f"  gateway     {gateway.address}   (Open Inference Protocol, gRPC)\n"
-            f"  tensorflow  {tf.address}\n"
-            f"  pytorch     {torch.address}\n"
+            "\ntwinserve is up:\n" + "\n".join(lines) + "\n"
             f"  metrics     http://127.0.0.1:{opts.gateway_metrics_port}/metrics (gateway), "
-            f":{opts.tensorflow_metrics_port} (tensorflow), :{opts.pytorch_metrics_port} "
-            "(pytorch)\n\n"
-            f"try:  .venv/bin/twinserve predict 1800 --framework tensorflow\n"
-            f"      .venv/bin/twinserve predict 1800 --framework pytorch\n"
-            f"Ctrl-C stops everything.\n",
+            f"{metrics}\n\n"
+            f"try:  {tries}\n"
+            "Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stop_requested and all(p.popen.poll() is None for p in started):

@@ -1,4 +1,4 @@
-"""`python -m gateway [serve]`: the gateway in front of the TensorFlow and PyTorch services."""
+"""`python -m gateway [serve]`: the gateway in front of the configured framework services."""
 
 from __future__ import annotations
 

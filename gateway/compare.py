@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from gateway.difference import Output, decode_outputs, max_abs_diff
 from gateway.routing import FRAMEWORK_PARAM, Router
-from gateway.settings import FRAMEWORKS
+from gateway.settings import known_frameworks
 from gateway.shadow import Histogram, Shadow, ShadowStats
 from gateway.upstream import Upstream
 from serving.errors import InvalidInput, ResourceExhausted
@@ -124,8 +124,11 @@ def _targets(asked: Sequence[cpb.Target], available: Sequence[str]) -> list[tupl
     for framework, _ in targets:
         if not framework:
             raise InvalidInput("a target names no framework")
-        if framework not in FRAMEWORKS:
-            raise InvalidInput(f"unknown framework '{framework}' (use 'tensorflow' or 'pytorch')")
+        if framework not in available:
+            raise InvalidInput(
+                f"unknown framework '{framework}' "
+                f"(this gateway serves {known_frameworks(available)})"
+            )
     duplicates = {t for t in targets if targets.count(t) > 1}
     if duplicates:
         framework, runtime = sorted(duplicates)[0]

@@ -15,6 +15,7 @@ The file (`TWINSERVE_GATEWAY_ROUTING_FILE`) maps model names to one policy each:
 - `serve` and `shadow`: served by `serve`; the same request is mirrored to `shadow` in the
   background and the two answers compared (`gateway.shadow`).
 
+Every framework named must be one the gateway is configured with (`GatewaySettings.urls`).
 A model in the file replaces its entry from the settings; a model in neither goes to the
 default framework. The file is checked every `routing_poll_s` seconds and re-read when its
 modification time, size or inode changes; a file that does not parse or validate is logged
@@ -27,19 +28,23 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
-from gateway.settings import FRAMEWORKS
+from gateway.settings import known_frameworks
 
-__all__ = ["ModelPolicy", "PolicyError", "PolicyFile", "describe", "parse_policies"]
+__all__ = [
+    "ModelPolicy",
+    "PolicyError",
+    "PolicyFile",
+    "check_frameworks",
+    "describe",
+    "parse_policies",
+]
 
 logger = logging.getLogger(__name__)
-
-Framework = Literal["tensorflow", "pytorch"]
 
 
 class PolicyError(ValueError):
@@ -51,10 +56,11 @@ class ModelPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    framework: Framework | None = None
-    split: dict[Framework, float] | None = None
-    serve: Framework | None = None
-    shadow: Framework | None = None
+    # Framework names, checked against the configured ones by `check_frameworks`.
+    framework: str | None = None
+    split: dict[str, float] | None = None
+    serve: str | None = None
+    shadow: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ModelPolicy:
@@ -84,6 +90,12 @@ class ModelPolicy(BaseModel):
         return self
 
     @property
+    def frameworks(self) -> list[str]:
+        """Every framework this policy names."""
+        named = [self.framework, self.serve, self.shadow, *(self.split or {})]
+        return [name for name in named if name is not None]
+
+    @property
     def primary(self) -> str:
         """The framework of calls that are not split (metadata, readiness, training): the
         default, the served one, or the split's heaviest (the first on a tie)."""
@@ -106,9 +118,10 @@ class ModelPolicy(BaseModel):
         return next(framework for framework, weight in reversed(weights) if weight > 0)
 
 
-def _ordered(split: Mapping[Framework, float]) -> list[tuple[str, float]]:
-    # A fixed order, so the file's key order cannot move requests between frameworks.
-    return sorted(split.items(), key=lambda pair: FRAMEWORKS.index(pair[0]))
+def _ordered(split: Mapping[str, float]) -> list[tuple[str, float]]:
+    # A fixed order (by name), so neither the file's key order nor the settings' order of
+    # frameworks can move requests between frameworks.
+    return sorted(split.items())
 
 
 def _unit(model: str, request_id: str) -> float:
@@ -122,16 +135,33 @@ def _unit(model: str, request_id: str) -> float:
 _POLICIES = TypeAdapter(dict[str, ModelPolicy])
 
 
-def parse_policies(text: str | bytes) -> dict[str, ModelPolicy]:
-    """The policies of a routing file's text; PolicyError says what is wrong."""
+def parse_policies(
+    text: str | bytes, frameworks: Collection[str] | None = None
+) -> dict[str, ModelPolicy]:
+    """The policies of a routing file's text, naming only `frameworks` (when given);
+    PolicyError says what is wrong."""
     try:
-        return _POLICIES.validate_json(text)
+        policies = _POLICIES.validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or 'file'}: {error['msg']}"
             for error in exc.errors()
         )
         raise PolicyError(problems) from None
+    if frameworks is not None:
+        check_frameworks(policies, frameworks)
+    return policies
+
+
+def check_frameworks(policies: Mapping[str, ModelPolicy], frameworks: Collection[str]) -> None:
+    """PolicyError naming the first policy that names a framework not in `frameworks`."""
+    for model, policy in policies.items():
+        for name in policy.frameworks:
+            if name not in frameworks:
+                raise PolicyError(
+                    f"{model}: unknown framework '{name}' "
+                    f"(configured: {known_frameworks(frameworks)})"
+                )
 
 
 def _signature(path: Path) -> tuple[int, int, int]:
@@ -142,8 +172,9 @@ def _signature(path: Path) -> tuple[int, int, int]:
 class PolicyFile:
     """A routing file, loaded at start and re-read when it changes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, frameworks: Collection[str] | None = None) -> None:
         self.path = path
+        self.frameworks = frameworks
         self._seen: tuple[int, int, int] | None = None
 
     def load(self) -> dict[str, ModelPolicy]:
@@ -154,7 +185,7 @@ class PolicyFile:
         except OSError as exc:
             self._seen = None  # reported once; looked at again when it reappears
             raise PolicyError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        return parse_policies(text)
+        return parse_policies(text, self.frameworks)
 
     def _changed(self) -> bool:
         try:

@@ -7,13 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.policy import ModelPolicy
-from serving.errors import BackendUnavailable, InvalidInput
+from gateway.settings import known_frameworks
+from serving.errors import InvalidInput
+from serving.protocol.names import FRAMEWORK_HEADER, FRAMEWORK_PARAM
 from serving.types import ParamValue
 
 __all__ = ["FRAMEWORK_HEADER", "FRAMEWORK_PARAM", "Route", "Router"]
-
-FRAMEWORK_PARAM = "framework"
-FRAMEWORK_HEADER = "x-framework"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +25,9 @@ class Route:
 
 class Router:
     """Routes by the client's choice, else by the policies: those of the settings (a default
-    framework per model) overlaid by those of the routing file, replaceable while serving."""
+    framework per model) overlaid by those of the routing file, replaceable while serving.
+    `available` is the configured set of frameworks; the settings and the file name only
+    those (`GatewaySettings`, `gateway.policy.check_frameworks`)."""
 
     def __init__(
         self, available: Sequence[str], default: str, per_model: Mapping[str, str]
@@ -99,10 +100,11 @@ class Router:
         return Route(framework, shadow)
 
     def check(self, framework: str) -> str:
-        """The framework itself if this gateway serves it; InvalidInput for an unknown name,
-        BackendUnavailable for one without a service."""
-        if framework not in ("tensorflow", "pytorch"):
-            raise InvalidInput(f"unknown framework '{framework}' (use 'tensorflow' or 'pytorch')")
+        """The framework itself if this gateway serves it; InvalidInput naming the configured
+        set for any other name."""
         if framework not in self.available:
-            raise BackendUnavailable(f"no {framework} service is configured in this gateway")
+            raise InvalidInput(
+                f"unknown framework '{framework}' "
+                f"(this gateway serves {known_frameworks(self.available)})"
+            )
         return framework

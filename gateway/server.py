@@ -27,7 +27,6 @@ from gateway.training import GatewayTrainingServicer
 from gateway.upstream import Upstream, watch
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
-from serving.rpc.calls import CallObserver
 from serving.rpc.drain import Drain
 from serving.rpc.metrics import MetricsServer, RpcMetrics, new_registry
 from serving.rpc.security import (
@@ -38,6 +37,7 @@ from serving.rpc.security import (
 from serving.rpc.server import (
     SERVICE_NAMES,
     build_server,
+    call_concerns,
     project_version,
     wait_for_signal,
     write_port_file,
@@ -129,12 +129,12 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     urls = settings.urls()
     if not urls:
         raise ValueError(
-            "the gateway needs at least one backend: set TWINSERVE_GATEWAY_TENSORFLOW_URL "
-            "and/or TWINSERVE_GATEWAY_PYTORCH_URL"
+            "the gateway needs at least one backend: set TWINSERVE_GATEWAY_FRAMEWORKS "
+            "(a JSON object: framework name -> addresses)"
         )
     policy_file, policies = None, {}
     if settings.routing_file is not None:
-        policy_file = PolicyFile(settings.routing_file)
+        policy_file = PolicyFile(settings.routing_file, frozenset(urls))
         # A bad file at start stops the start (PolicyError); later, the last good one stays.
         policies = await asyncio.to_thread(policy_file.load)
         logger.info("routing file %s: %s", settings.routing_file, describe(policies) or "empty")
@@ -158,7 +158,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     }
     # The first health round (and DNS lookup): the gateway starts knowing its replicas.
     await asyncio.gather(*(u.refresh(settings.health_interval_s) for u in upstreams.values()))
-    router = Router(list(upstreams), settings.default_framework, settings.model_frameworks)
+    router = Router(list(upstreams), settings.default(), settings.model_frameworks)
     router.apply(policies)
     shadow = Shadow(
         upstreams, limit=settings.shadow_max_in_flight, timeout=settings.shadow_timeout_s
@@ -180,7 +180,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
     training = GatewayTrainingServicer(upstreams, router, timeout=settings.upstream_timeout_s)
     registry = new_registry()
     registry.register(GatewayCollector(list(upstreams.values()), shadow))
-    observer = CallObserver(RpcMetrics(registry), max_concurrent=settings.max_concurrent_rpcs)
+    concerns = call_concerns(RpcMetrics(registry), max_concurrent=settings.max_concurrent_rpcs)
     server_creds, interceptors = server_security(settings)
     drain = Drain()
     server, port, health_servicer = build_server(
@@ -196,7 +196,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
                 cpb_grpc.add_ComparisonServiceServicer_to_server, comparison
             )
         },
-        observer=observer,
+        concerns=concerns,
         max_streams_per_connection=settings.max_streams_per_connection,
     )
     return Gateway(

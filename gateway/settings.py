@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["FRAMEWORKS", "GatewaySettings"]
+__all__ = ["GatewaySettings", "known_frameworks"]
 
-FRAMEWORKS = ("tensorflow", "pytorch")
+# A framework's name as clients send it (parameter `framework`, metadata `x-framework`).
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+
+
+def known_frameworks(names: Iterable[str]) -> str:
+    """The configured set, as every error about an unknown framework names it."""
+    return ", ".join(f"'{name}'" for name in sorted(names)) or "none"
 
 
 class GatewaySettings(BaseSettings):
@@ -19,13 +27,20 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
     port_file: Path | None = None
-    # Addresses of the framework services (host:port); an empty one is not routed to.
+    # The frameworks this gateway routes to: name (the value clients send as `framework`)
+    # -> addresses of its service, in the format of the replicas below, e.g.
+    # TWINSERVE_GATEWAY_FRAMEWORKS='{"tensorflow": "h1:8500,h2:8500", "onnx": "h3:8600"}'.
+    # An empty address is not routed to.
+    frameworks: dict[str, str] = {}
+    # The settings of the first two frameworks, kept so that existing deployments work:
+    # folded into `frameworks` under the names "tensorflow" and "pytorch".
     tensorflow_url: str = ""
     pytorch_url: str = ""
-    # The framework used when a request names none, overall and per model
-    # (e.g. TWINSERVE_GATEWAY_MODEL_FRAMEWORKS='{"house_price": "pytorch"}').
-    default_framework: Literal["tensorflow", "pytorch"] = "tensorflow"
-    model_frameworks: dict[str, Literal["tensorflow", "pytorch"]] = {}
+    # The framework used when a request names none, overall ("": the first configured) and
+    # per model (e.g. TWINSERVE_GATEWAY_MODEL_FRAMEWORKS='{"house_price": "pytorch"}'); both
+    # must name configured frameworks.
+    default_framework: str = ""
+    model_frameworks: dict[str, str] = {}
     # Routing policies per model (default framework, weighted split, shadow) in a JSON file
     # (format: gateway/policy.py), over model_frameworks; checked every routing_poll_s seconds
     # and re-read when it changes; a bad file is logged and the last good policy stays.
@@ -103,8 +118,40 @@ class GatewaySettings(BaseSettings):
         )
 
     def urls(self) -> dict[str, str]:
-        return {
-            name: url
-            for name, url in (("tensorflow", self.tensorflow_url), ("pytorch", self.pytorch_url))
-            if url
-        }
+        """Framework name -> addresses, of every framework with a service (the legacy
+        settings first, so they keep their order and stay the default's first choice)."""
+        legacy = {"tensorflow": self.tensorflow_url, "pytorch": self.pytorch_url}
+        merged = {name: url for name, url in legacy.items() if url} | self.frameworks
+        return {name: url for name, url in merged.items() if url}
+
+    def default(self) -> str:
+        """The framework of a request that names none and whose model has no policy."""
+        return self.default_framework or next(iter(self.urls()), "")
+
+    @model_validator(mode="after")
+    def _check_frameworks(self) -> Self:
+        legacy = {"tensorflow": self.tensorflow_url, "pytorch": self.pytorch_url}
+        for name, url in self.frameworks.items():
+            if not _NAME.fullmatch(name):
+                raise ValueError(
+                    f"frameworks: '{name}' is not a framework name (lower-case letters, "
+                    "digits, '_', '.', '-', at most 64)"
+                )
+            if legacy.get(name) and url and legacy[name] != url:
+                raise ValueError(
+                    f"frameworks: '{name}' is given as {url!r} and as {name}_url "
+                    f"{legacy[name]!r}: give it once"
+                )
+        configured = self.urls()
+        if not configured:
+            return self  # create_server says the gateway needs a backend
+        asked = [("default_framework", self.default_framework)] + [
+            (f"model_frameworks['{model}']", name) for model, name in self.model_frameworks.items()
+        ]
+        for where, name in asked:
+            if name and name not in configured:
+                raise ValueError(
+                    f"{where}: unknown framework '{name}' "
+                    f"(configured: {known_frameworks(configured)})"
+                )
+        return self

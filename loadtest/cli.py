@@ -2,7 +2,7 @@
 
 python -m loadtest                                   # house_price, every CPU cell, GPU cells
 python -m loadtest --models house_price,mlp,cnn --batches 1,32 --concurrency 1,4,16
-python -m loadtest --gateway gateway:8001 --tensorflow tf:8500 --pytorch torch:7070
+python -m loadtest --gateway gateway:8001 --service tensorflow=tf:8500 --service pytorch=torch:7070
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from loadtest.generator import ClientPool, default_processes
 from loadtest.matrix import Cell, Outcome, References, Target, run_target, targets_for
 from loadtest.progress import Progress
 from loadtest.report import machine, write_report, write_table
-from loadtest.targets import FRAMEWORKS, Endpoints, LocalStack, seed_models
-from loadtest.workloads import MODELS, Workload, ensure_model
+from loadtest.targets import FRAMEWORKS, KNOWN, Endpoints, LocalStack, seed_models
+from loadtest.workloads import MODELS, Workload, ensure_loaded, ensure_model
+from serving.protocol.names import AUTHORIZATION_HEADER
 
 __all__ = ["main"]
 
@@ -41,16 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.3, help="unrecorded seconds per cell")
     p.add_argument("--devices", default="cpu,cuda",
                    help="local: devices for the services; remote: the one they use")  # fmt: skip
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="of devtools/frameworks.json: " + ",".join(FRAMEWORKS))  # fmt: skip
     p.add_argument("--clients", type=int, default=default_processes(), help="client processes")
     p.add_argument("--out", type=Path, default=Path("loadtest-report"))
     p.add_argument("--model-repository", type=Path, default=Path("models"),
-                   help="local: holds tensorflow/ and pytorch/ repositories")  # fmt: skip
+                   help="local: holds each framework's repository")  # fmt: skip
     p.add_argument("--no-echo", action="store_true", help="local: skip the echo floor")
     remote = p.add_argument_group("running endpoints (no services are started)")
     remote.add_argument("--gateway", help="HOST:PORT of a gateway")
-    remote.add_argument("--tensorflow", help="HOST:PORT of a TensorFlow service")
-    remote.add_argument("--pytorch", help="HOST:PORT of a PyTorch service")
+    remote.add_argument("--service", dest="services", action="append", default=[],
+                        metavar="FRAMEWORK=HOST:PORT",
+                        help="a framework's service, repeatable")  # fmt: skip
     remote.add_argument(
         "--token",
         default=os.environ.get("TWINSERVE_TOKEN"),
@@ -59,10 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _services(given: Sequence[str]) -> dict[str, str]:
+    """FRAMEWORK=HOST:PORT pairs, by framework."""
+    services = {}
+    for pair in given:
+        framework, _, address = pair.partition("=")
+        if not framework or not address:
+            raise SystemExit(f"--service {pair!r}: give FRAMEWORK=HOST:PORT")
+        services[framework] = address
+    return services
+
+
 class _Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.frameworks = tuple(_list(str, args.frameworks))
+        self.services = _services(args.services)
+        unknown_frameworks = (set(self.frameworks) | set(self.services)) - set(FRAMEWORKS)
+        if unknown_frameworks:
+            raise SystemExit(
+                f"unknown framework(s) {', '.join(sorted(unknown_frameworks))}: "
+                f"devtools/frameworks.json has {', '.join(FRAMEWORKS)}"
+            )
         self.concurrencies = _list(int, args.concurrency)
         self.workloads = [
             Workload(model, batch)
@@ -74,7 +95,7 @@ class _Run:
             raise SystemExit(
                 f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}"
             )
-        self.remote = bool(args.gateway or args.tensorflow or args.pytorch)
+        self.remote = bool(args.gateway or self.services)
         self.devices = _list(str, args.devices)
         if self.remote and len(self.devices) != 1:
             self.devices = ["cpu"] if args.devices == "cpu,cuda" else self.devices[:1]
@@ -98,23 +119,24 @@ class _Run:
         for w in self.workloads:
             if w.model == "house_price":
                 continue
-            for framework, address in endpoints.direct.items():
+            via_gateway = not endpoints.direct
+            addresses = endpoints.direct or {
+                framework: endpoints.gateway for framework in self.frameworks if endpoints.gateway
+            }
+            # Those that train first: the others serve what they trained.
+            for framework, address in sorted(
+                addresses.items(), key=lambda pair: not KNOWN[pair[0]].trains
+            ):
+                ensure = ensure_model if KNOWN[framework].trains else ensure_loaded
                 self.progress.note(
-                    ensure_model(
-                        w.spec, framework, address, via_gateway=False, metadata=endpoints.metadata
+                    ensure(
+                        w.spec,
+                        framework,
+                        address,
+                        via_gateway=via_gateway,
+                        metadata=endpoints.metadata,
                     )
                 )
-            if not endpoints.direct and endpoints.gateway:
-                for framework in self.frameworks:
-                    self.progress.note(
-                        ensure_model(
-                            w.spec,
-                            framework,
-                            endpoints.gateway,
-                            via_gateway=True,
-                            metadata=endpoints.metadata,
-                        )
-                    )
         references = References()
         for target in targets:
             run_target(target, self.concurrencies, endpoints, references, pool,
@@ -125,13 +147,9 @@ class _Run:
         echo = device == "cpu" and not self.remote and not self.args.no_echo
         targets = targets_for(self.workloads, device, self.frameworks, echo=echo)
         if self.remote:
-            direct = {
-                f: a
-                for f, a in (("tensorflow", self.args.tensorflow), ("pytorch", self.args.pytorch))
-                if a
-            }
+            direct = {f: a for f, a in self.services.items() if f in self.frameworks}
             token = self.args.token
-            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            metadata = ((AUTHORIZATION_HEADER, f"Bearer {token}"),) if token else ()
             self.measure(Endpoints(direct, self.args.gateway, metadata=metadata), targets, pool)
             return
         runnable = list(targets)

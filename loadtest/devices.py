@@ -15,13 +15,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from loadtest.targets import KNOWN
+
 __all__ = ["GPU_DEVICES", "DeviceProbe", "gpu_unavailable"]
 
 GPU_DEVICES = ("cuda",)  # spelled as the services' device setting; also "cuda:N"
 
 # Each prints a JSON string (why no GPU is usable) or null (one is).
 _PROBES = {
-    "pytorch": (
+    "torch": (
         "import json, torch\n"
         "if torch.cuda.is_available(): print('null')\n"
         "elif torch.version.cuda is None:\n"
@@ -41,7 +43,7 @@ _PROBES = {
         "    + ', '.join(p) + '; the GPU build is onnxruntime-gpu)'))\n"
     ),
 }
-_LABELS = {"pytorch": "PyTorch", "tensorflow": "TensorFlow", "onnxruntime": "ONNX Runtime"}
+_LABELS = {"torch": "PyTorch", "tensorflow": "TensorFlow", "onnxruntime": "ONNX Runtime"}
 
 
 def _version(*names: str) -> str | None:
@@ -58,7 +60,7 @@ def _no_gpu_reasons() -> dict[str, str | None]:
     base = "no NVIDIA GPU on this machine (no /dev/nvidia0)"
     torch = _version("torch")
     return {
-        "pytorch": base
+        "torch": base
         + (
             f"; this PyTorch build ({torch}) has no CUDA support"
             if torch and "+cpu" in torch
@@ -108,10 +110,12 @@ class DeviceProbe:
 
 def gpu_unavailable(framework: str, runtime: str, reasons: dict[str, str | None]) -> str | None:
     """Why a (framework, runtime) cell cannot run on a GPU here, or None if it can. A runtime
-    needs its service to start on the GPU (its framework must see one) and, for ONNX, ONNX
-    Runtime's CUDA provider."""
-    if framework == "tensorflow" and runtime == "tflite":
-        return "TFLite runs on the CPU only (TensorFlow's Python interpreter has no GPU delegate)"
-    needed = [framework] + (["onnxruntime"] if runtime == "onnx" else [])
+    needs its service to start on the GPU (the libraries devtools/frameworks.json lists for
+    it must see one) and, for ONNX, ONNX Runtime's CUDA provider."""
+    known = KNOWN[framework]
+    if runtime in known.cpu_only_runtimes:
+        return f"{framework}'s {runtime} runtime runs on the CPU only"
+    needed = [*known.gpu_libraries, *(["onnxruntime"] if runtime == "onnx" else [])]
+    needed = list(dict.fromkeys(needed))
     missing = [f"{_LABELS[name]}: {reasons[name]}" for name in needed if reasons.get(name)]
     return "; ".join(missing) or None

@@ -13,17 +13,16 @@ import numpy as np
 from loadtest.checks import OutputClose, output_array
 from loadtest.generator import ClientPool
 from loadtest.result import LoadResult
-from loadtest.targets import Endpoints
+from loadtest.targets import KNOWN, Endpoints
 from loadtest.worker import MODEL_INFER
 from loadtest.workloads import Workload
 from serving.pb import inference_pb2 as pb
+from serving.protocol.names import FRAMEWORK_PARAM, RUNTIME_PARAM
 
 __all__ = ["RUNTIMES", "Cell", "Outcome", "Target", "run_target", "targets_for"]
 
-RUNTIMES = {
-    "tensorflow": ("native", "tflite", "onnx"),
-    "pytorch": ("native", "torchscript", "onnx"),
-}
+# The runtimes measured per framework, as devtools/frameworks.json lists them.
+RUNTIMES = {name: framework.runtimes for name, framework in KNOWN.items()}
 PATHS = ("direct", "gateway")
 # Runtimes' exports agree with native within 1e-3 of the output's magnitude (checked at
 # training time); twice that leaves room for float32 reorderings on another device.
@@ -38,7 +37,7 @@ class Target:
     model: str
     batch: int
     device: str
-    framework: str  # "tensorflow", "pytorch" or "echo"
+    framework: str  # a framework of devtools/frameworks.json, or "echo"
     runtime: str
     path: str  # "direct" or "gateway"
 
@@ -135,7 +134,7 @@ def _other_target(target: Target, response: pb.ModelInferResponse) -> str | None
     framework or runtime than its row names would be a wrong row, however right the value."""
     if target.framework == "echo":
         return None
-    wanted = {"framework": target.framework, "runtime": target.runtime}
+    wanted = {FRAMEWORK_PARAM: target.framework, RUNTIME_PARAM: target.runtime}
     said = {
         key: response.parameters[key].string_param for key in wanted if key in response.parameters
     }

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: no display in CI or a container
 import matplotlib.pyplot as plt
 import numpy as np
 
-from loadtest.matrix import Outcome
+from loadtest.matrix import RUNTIMES, Outcome
 
 __all__ = ["plot_all"]
 
@@ -23,8 +23,7 @@ _TICKS = [50, 90, 99, 99.9, 99.99]
 def _color(label: str) -> tuple[float, ...]:
     """One color per framework/runtime (direct and gateway share it; the line style differs),
     from a 20-color map so a dozen targets stay apart."""
-    names = ["echo", "tensorflow/native", "tensorflow/tflite", "tensorflow/onnx",
-             "pytorch/native", "pytorch/torchscript", "pytorch/onnx"]  # fmt: skip
+    names = ["echo", *(f"{f}/{r}" for f, runtimes in RUNTIMES.items() for r in runtimes)]
     key = label.split(" ", maxsplit=1)[0]
     index = names.index(key) if key in names else len(names)
     return tuple(plt.get_cmap("tab10")(index % 10))

@@ -12,12 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.frameworks import frameworks, gateway_frameworks
 from devtools.stack import Process, launch
 
-__all__ = ["Endpoints", "LocalStack", "seed_models"]
+__all__ = ["FRAMEWORKS", "Endpoints", "LocalStack", "seed_models"]
 
-FRAMEWORKS = ("tensorflow", "pytorch")
-_MODULES = {"tensorflow": "tf_service", "pytorch": "torch_service"}
+# The frameworks of devtools/frameworks.json: their services' modules and repositories.
+KNOWN = frameworks()
+FRAMEWORKS = tuple(KNOWN)
 
 
 @dataclass
@@ -49,16 +51,26 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def seed_models(models: Path, log: Path) -> None:
-    """Trains the seed model (house_price) into each framework's repository if missing."""
+    """Trains the seed model (house_price) into each training framework's repository if
+    missing (a framework that does not train serves one of those)."""
     waiting = []
     with log.open("ab") as out:
-        for framework, module in _MODULES.items():
-            repository = models / framework
-            if any(p.name.isdigit() for p in (repository / "house_price").glob("*")):
+        for framework in KNOWN.values():
+            repository = models / framework.repository
+            if not framework.trains or any(
+                p.name.isdigit() for p in (repository / "house_price").glob("*")
+            ):
                 continue
             waiting.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", module, "seed", "--model-repository", str(repository)],
+                    [
+                        sys.executable,
+                        "-m",
+                        framework.module,
+                        "seed",
+                        "--model-repository",
+                        str(repository),
+                    ],
                     stdout=out,
                     stderr=out,
                 )
@@ -91,8 +103,8 @@ class LocalStack:
                 name: pool.submit(
                     launch,
                     f"{name}-{device}",
-                    _MODULES[name],
-                    ["--model-repository", str(self.models / name)],
+                    KNOWN[name].module,
+                    ["--model-repository", str(self.models / KNOWN[name].repository)],
                     env=env,
                 )
                 for name in frameworks
@@ -117,10 +129,7 @@ class LocalStack:
                     f"gateway-{device}",
                     "gateway",
                     env={
-                        **{
-                            f"TWINSERVE_GATEWAY_{name.upper()}_URL": address
-                            for name, address in endpoints.direct.items()
-                        },
+                        **gateway_frameworks(endpoints.direct),
                         "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING",
                     },
                 )

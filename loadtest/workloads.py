@@ -13,6 +13,7 @@ from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
+from serving.protocol.names import FRAMEWORK_HEADER, FRAMEWORK_PARAM, RUNTIME_PARAM
 
 __all__ = ["MODELS", "ModelSpec", "Workload", "ensure_model"]
 
@@ -72,10 +73,29 @@ class Workload:
         request.inputs.add(name=self.spec.input_name, datatype="FP32", shape=x.shape)
         request.raw_input_contents.append(x.tobytes())
         if framework:
-            request.parameters["framework"].string_param = framework
+            request.parameters[FRAMEWORK_PARAM].string_param = framework
         if runtime:
-            request.parameters["runtime"].string_param = runtime
+            request.parameters[RUNTIME_PARAM].string_param = runtime
         return request.SerializeToString()
+
+
+def ensure_loaded(
+    spec: ModelSpec,
+    framework: str,
+    address: str,
+    *,
+    via_gateway: bool,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """Loads `spec` on a framework that does not train (it serves what another trained into
+    its repository, which `ensure_model` filled first): now, rather than at its next poll."""
+    metadata = (*metadata, (FRAMEWORK_HEADER, framework)) if via_gateway else metadata
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name=spec.name), metadata=metadata, timeout=120
+        )
+    return f"{framework}: {spec.name} is loaded"
 
 
 def ensure_model(
@@ -88,7 +108,7 @@ def ensure_model(
 ) -> str:
     """Trains `spec` on `framework` behind `address` unless it is ready there; returns what
     was done, for the log. `metadata` goes with every call (a bearer token)."""
-    metadata = (*metadata, ("x-framework", framework)) if via_gateway else metadata
+    metadata = (*metadata, (FRAMEWORK_HEADER, framework)) if via_gateway else metadata
     with grpc.insecure_channel(address) as channel:
         try:
             ready = pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(

@@ -52,7 +52,7 @@ COPY deploy/docker/healthcheck.py /opt/twinserve/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     TWINSERVE_GATEWAY_HOST=0.0.0.0 \
     TWINSERVE_GATEWAY_PORT=8001
-RUN python -c "import gateway.server, serving.pb.inference_pb2_grpc"
+RUN python -c "import gateway.__main__, serving.pb.inference_pb2_grpc"
 USER 10001:10001
 WORKDIR /home/twinserve
 EXPOSE 8001

@@ -44,6 +44,7 @@ FROM deps AS build
 COPY pyproject.toml README.md ./
 COPY serving/ serving/
 COPY loadtest/ loadtest/
+COPY devtools/ devtools/
 COPY --from=proto /src/serving/pb/ serving/pb/
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --prefix /opt/app .
 
@@ -52,7 +53,7 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/twinserve tw
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=build /opt/app /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN python -c "import loadtest, serving.pb.inference_pb2_grpc"
+RUN python -c "import loadtest.cli, serving.pb.inference_pb2_grpc"
 USER 10001:10001
 WORKDIR /home/twinserve
 # A client that runs and exits: nothing serves here to check.

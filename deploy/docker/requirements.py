@@ -27,6 +27,24 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
+_EXTRAS = re.compile(r"\[([^\]]*)\]")
+
+
+def _extras(project: str, optional: dict[str, list[str]], extras: list[str]) -> list[str]:
+    """The requirements of `extras`, an extra naming the project itself (`twinserve[engine]`,
+    as pip allows) replaced by that extra's own requirements, each requirement once."""
+    found: list[str] = []
+    for extra in extras:
+        for requirement in optional[extra]:
+            if _name(requirement) == project:
+                match = _EXTRAS.search(requirement)
+                inner = [e.strip() for e in match.group(1).split(",")] if match else []
+                found.extend(_extras(project, optional, inner))
+            else:
+                found.append(requirement)
+    return list(dict.fromkeys(found))
+
+
 def requirements(
     pyproject: Path,
     extras: list[str],
@@ -45,7 +63,7 @@ def requirements(
     missing = [extra for extra in extras if extra not in optional]
     if missing:
         raise SystemExit(f"no extra {missing} in {pyproject}")
-    chosen = [*project["dependencies"], *(r for extra in extras for r in optional[extra])]
+    chosen = [*project["dependencies"], *_extras(_name(project["name"]), optional, extras)]
     dropped = {_name(name) for name in without}
     renamed = {_name(old): new for old, new in swaps.items()}
     lines = []

@@ -1,5 +1,6 @@
 """The whole stack for the tritonclient compatibility suite: seed models trained once, then the
-TensorFlow service, the PyTorch service and the gateway as real processes on port 0.
+TensorFlow service, the PyTorch service, the ONNX Runtime service (serving the PyTorch
+repository's exports) and the gateway as real processes on port 0.
 
 This suite runs in its own pytest process (`pytest tests/compat`): tritonclient registers the
 same `inference.*` protobuf symbols as our generated `serving.pb`, and one descriptor pool
@@ -10,6 +11,7 @@ in-process server fixtures live in tests/integration/conftest.py for the same re
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,6 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _wait_seed("torch_service", seeds["torch_service"], models / "torch_service-seed.log")
         torch = launch("pytorch", "torch_service", ["--model-repository", str(models / "pytorch")])
         started.append(torch)
+        onnx = launch("onnx", "onnx_service", ["--model-repository", str(models / "pytorch")])
+        started.append(onnx)
         _wait_seed("tf_service", seeds["tf_service"], models / "tf_service-seed.log")
         tf = launch("tensorflow", "tf_service", ["--model-repository", str(models / "tensorflow")])
         started.append(tf)
@@ -71,12 +75,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env={
                 "TWINSERVE_GATEWAY_TENSORFLOW_URL": tf.address,
                 "TWINSERVE_GATEWAY_PYTORCH_URL": torch.address,
+                # A third framework by configuration alone, beside the two legacy settings.
+                "TWINSERVE_GATEWAY_FRAMEWORKS": json.dumps({"onnx": onnx.address}),
                 "TWINSERVE_GATEWAY_DEFAULT_FRAMEWORK": "tensorflow",
                 "TWINSERVE_GATEWAY_MODEL_FRAMEWORKS": "{}",
             },
         )
         started.append(gateway)
-        yield Stack(tensorflow=tf.address, pytorch=torch.address, gateway=gateway.address)
+        yield Stack(
+            tensorflow=tf.address, pytorch=torch.address, onnx=onnx.address, gateway=gateway.address
+        )
     finally:
         for popen in seeds.values():
             if popen.poll() is None:

@@ -10,7 +10,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 CALL_TIMEOUT_S = 10.0
-ENDPOINT_IDS = ("tensorflow", "pytorch", "gateway-tf", "gateway-torch")
+ENDPOINT_IDS = ("tensorflow", "pytorch", "onnx", "gateway-tf", "gateway-torch", "gateway-onnx")
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,21 @@ class Endpoint:
 class Stack:
     tensorflow: str
     pytorch: str
+    onnx: str  # the ONNX Runtime service, over the PyTorch repository's exports
     gateway: str
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         return {
             "tensorflow": Endpoint("tensorflow", self.tensorflow, "tensorflow", None),
             "pytorch": Endpoint("pytorch", self.pytorch, "pytorch", None),
+            "onnx": Endpoint("onnx", self.onnx, "onnx", None),
             "gateway-tf": Endpoint(
                 "gateway-tf", self.gateway, "tensorflow", {"x-framework": "tensorflow"}
             ),
             "gateway-torch": Endpoint(
                 "gateway-torch", self.gateway, "pytorch", {"x-framework": "pytorch"}
             ),
+            "gateway-onnx": Endpoint("gateway-onnx", self.gateway, "onnx", {"x-framework": "onnx"}),
         }[endpoint_id]
 
 

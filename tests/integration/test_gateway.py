@@ -350,8 +350,9 @@ def test_gateway_without_a_pytorch_service(aio, stack: Stack) -> None:
     ):
         stub = Stub(channel)
         code, details = rpc_error(stub.ModelInfer, price_request(1800.0), metadata=PYTORCH)
-        assert code is grpc.StatusCode.UNAVAILABLE
-        assert "no pytorch service is configured" in details
+        # Only the configured frameworks are known: pytorch is not one of them here.
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown framework 'pytorch' (this gateway serves 'tensorflow')" in details
         assert prices(stub.ModelInfer(price_request(1800.0))) == OK([TF_PRICE], abs=1e-3)
         assert stub.ServerReady(pb.ServerReadyRequest()).ready is True
 

@@ -487,16 +487,16 @@ def test_compare_named_targets_and_runtimes(front: Front) -> None:
 
 
 def test_compare_with_one_target_failing(front: Front, backends: Backends) -> None:
-    # A runtime the pytorch version lacks fails that target only.
+    # A runtime the pytorch service does not register fails that target only.
     answer = _compare(front, price_request(1800.0), ("tensorflow", ""), ("pytorch", "tflite"))
     ok, failed = answer.results
     assert ok.status.code == 0
     assert [o.values[0] for o in ok.outputs] == OK([TF_PRICE], abs=1e-3)
     assert (failed.status.code, failed.status.name) == (
-        grpc.StatusCode.FAILED_PRECONDITION.value[0],
-        "FAILED_PRECONDITION",
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "INVALID_ARGUMENT",
     )
-    assert "no 'tflite' runtime" in failed.status.message
+    assert "unknown runtime 'tflite'" in failed.status.message
     assert not failed.outputs
     assert not answer.differences
 
@@ -512,11 +512,13 @@ def test_compare_with_a_target_service_down(aio: Any, backends: Backends) -> Non
         assert ok.outputs[0].values[0] == OK(TF_PRICE, abs=1e-3)
         assert (down.target.framework, down.status.name) == ("pytorch", "UNAVAILABLE")
         assert "pytorch service" in down.status.message
-    # A framework the gateway has no service for: that target says so.
+    # A framework the gateway is not configured with: the call names the configured set.
     with _front(aio, None, tensorflow_url=urls["tensorflow_url"]) as front:
-        answer = _compare(front, price_request(1800.0), ("tensorflow", ""), ("pytorch", ""))
-        assert answer.results[1].status.name == "UNAVAILABLE"
-        assert "no pytorch service" in answer.results[1].status.message
+        code, details = rpc_error(
+            _compare, front, price_request(1800.0), ("tensorflow", ""), ("pytorch", "")
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown framework 'pytorch' (this gateway serves 'tensorflow')" in details
         # By default, only the frameworks it has.
         assert [r.target.framework for r in _compare(front, price_request(1.0)).results] == [
             "tensorflow"

@@ -25,6 +25,9 @@ from serving.pb import inference_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.framework
 
 MODULES = {"tensorflow": "tf_service", "pytorch": "torch_service"}
+# The ONNX Runtime service serves the PyTorch repository's exports.
+SERVED = {name: (module, name) for name, module in MODULES.items()}
+SERVED["onnx"] = ("onnx_service", "pytorch")
 
 
 @dataclass
@@ -46,15 +49,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             for name, module in MODULES.items()
         ]
         assert [seed.wait(300) for seed in seeds] == [0, 0]
-        for name, module in MODULES.items():
-            started.append(launch(name, module, ["--model-repository", str(root / name)], env=env))
-        gateway_env = {f"TWINSERVE_GATEWAY_{p.name.upper()}_URL": p.address for p in started}
-        started.append(
-            launch(
-                "gateway", "gateway", env={**gateway_env, "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING"}
-            )
-        )
-        yield Stack({p.name: p.address for p in started[:2]}, started[2].address)
+        for name, (module, repository) in SERVED.items():
+            args = ["--model-repository", str(root / repository)]
+            started.append(launch(name, module, args, env=env))
+        direct = {p.name: p.address for p in started}
+        gateway_env = {
+            "TWINSERVE_GATEWAY_FRAMEWORKS": json.dumps(direct),
+            "TWINSERVE_GATEWAY_LOG_LEVEL": "WARNING",
+        }
+        started.append(launch("gateway", "gateway", env=gateway_env))
+        yield Stack(direct, started[-1].address)
     finally:
         for process in reversed(started):
             process.stop()
@@ -72,14 +76,14 @@ def test_each_cell_reaches_the_framework_and_runtime_it_names(stack: Stack, tmp_
     before = {name: _served(address) for name, address in stack.direct.items()}
     args = ["--gateway", stack.gateway, "--concurrency", "1", "--duration", "0.3"]
     args += ["--warmup", "0", "--clients", "1", "--out", str(tmp_path)]
-    args += [f"--{name}={address}" for name, address in stack.direct.items()]
+    args += [f"--service={name}={address}" for name, address in stack.direct.items()]
     main(args)
 
     cells = json.loads((tmp_path / "report.json").read_text())["cells"]
-    # Both frameworks x three runtimes x (direct, gateway), each checked on its first
-    # answer (1800 -> 360, from the framework and runtime it names) and on every answer of
-    # its run (360 within 1).
-    assert len(cells) == 12
+    # Both training frameworks x three runtimes and onnx's one x (direct, gateway), each
+    # checked on its first answer (1800 -> 360, from the framework and runtime it names) and
+    # on every answer of its run (360 within 1).
+    assert len(cells) == 14
     for cell in cells:
         assert cell["status"] == "ok", cell
         result = cell["result"]
@@ -93,7 +97,7 @@ def test_each_cell_reaches_the_framework_and_runtime_it_names(stack: Stack, tmp_
         assert sent <= gained <= sent + 2 * len(mine), (name, sent, gained)
 
 
-@pytest.mark.parametrize("framework", list(MODULES))
+@pytest.mark.parametrize("framework", list(SERVED))
 def test_the_seed_answers_360_through_both_paths(stack: Stack, framework: str) -> None:
     request = pb.ModelInferRequest(model_name="house_price")
     request.inputs.add(name="size_sqft", datatype="FP32", shape=[1, 1])

@@ -17,6 +17,7 @@ import pytest
 from devtools.stack import launch
 from loadtest.cli import _parser, _Run, main
 from loadtest.devices import DeviceProbe, gpu_unavailable
+from loadtest.matrix import RUNTIMES
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def endpoint() -> Iterator[str]:
 
 def test_running_endpoints_give_a_full_report(endpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    args = ["--gateway", endpoint, "--tensorflow", endpoint, "--pytorch", endpoint]
+    args = ["--gateway", endpoint, "--service", f"tensorflow={endpoint}"]
+    args += ["--service", f"pytorch={endpoint}", "--frameworks", "tensorflow,pytorch"]
     args += ["--concurrency", "1,2", "--duration", "0.2", "--warmup", "0", "--clients", "1"]
     main([*args, "--out", str(out)])
 
@@ -78,7 +80,9 @@ def test_gpu_cells_say_why_they_did_not_run(tmp_path: Path) -> None:
     run = _Run(args)
     # No pool: every cell must be decided before anything is loaded or started.
     run.device("cuda", pool=None, probe=NoGpu())  # type: ignore[arg-type]
-    assert len(run.outcomes) == 2 * 3 * 2 * 2
+    # Every framework of devtools/frameworks.json x its runtimes x paths x concurrencies.
+    assert len(run.outcomes) == sum(len(r) for r in RUNTIMES.values()) * 2 * 2
+    assert {o.cell.target.framework for o in run.outcomes} == set(RUNTIMES)
     assert {o.status for o in run.outcomes} == {"not available"}
     tflite = [o for o in run.outcomes if o.cell.target.runtime == "tflite"]
     assert "CPU only" in tflite[0].reason
@@ -87,9 +91,10 @@ def test_gpu_cells_say_why_they_did_not_run(tmp_path: Path) -> None:
 
 
 def test_gpu_reasons_combine_framework_and_onnx_runtime() -> None:
-    reasons = {"pytorch": None, "tensorflow": "no GPU", "onnxruntime": "no CUDA provider"}
+    reasons = {"torch": None, "tensorflow": "no GPU", "onnxruntime": "no CUDA provider"}
     assert gpu_unavailable("pytorch", "native", reasons) is None
     assert gpu_unavailable("pytorch", "onnx", reasons) == "ONNX Runtime: no CUDA provider"
+    assert gpu_unavailable("onnx", "native", reasons) == "ONNX Runtime: no CUDA provider"
     assert gpu_unavailable("tensorflow", "onnx", reasons) == (
         "TensorFlow: no GPU; ONNX Runtime: no CUDA provider"
     )

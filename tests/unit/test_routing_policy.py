@@ -12,7 +12,7 @@ from gateway.difference import Output, decode_outputs, max_abs_diff
 from gateway.policy import ModelPolicy, PolicyError, parse_policies
 from gateway.routing import Route, Router
 from gateway.shadow import Histogram
-from serving.errors import BackendUnavailable, InvalidInput
+from serving.errors import InvalidInput
 from serving.pb import inference_pb2 as pb
 
 BOTH = ("tensorflow", "pytorch")
@@ -78,15 +78,42 @@ def test_router_routes() -> None:
     assert router.route("d", {}) == Route("pytorch")
 
 
-def test_router_leaves_out_a_shadow_without_a_service() -> None:
-    router = Router(("tensorflow",), "tensorflow", {})
-    router.apply(parse_policies('{"s": {"serve": "tensorflow", "shadow": "pytorch"}}'))
-    assert router.route("s", {}) == Route("tensorflow")
-    router.apply(parse_policies('{"s": {"framework": "pytorch"}}'))
-    with pytest.raises(BackendUnavailable):
-        router.route("s", {})
-    with pytest.raises(InvalidInput, match="jax"):
-        router.route("s", {"x-framework": "jax"})
+def test_router_refuses_a_framework_it_is_not_configured_with() -> None:
+    router = Router(("tensorflow", "onnx"), "tensorflow", {})
+    assert router.route("s", {"x-framework": "onnx"}) == Route("onnx")
+    for asked in ("pytorch", "jax"):
+        with pytest.raises(InvalidInput, match=f"'{asked}'.*serves 'onnx', 'tensorflow'"):
+            router.route("s", {"x-framework": asked})
+        with pytest.raises(InvalidInput, match=f"'{asked}'"):
+            router.choose("s", {}, {"framework": asked})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"s": {"framework": "pytorch"}}',
+        '{"s": {"serve": "tensorflow", "shadow": "pytorch"}}',
+        '{"s": {"split": {"tensorflow": 1, "pytorch": 1}}}',
+    ],
+)
+def test_policies_may_name_only_configured_frameworks(text: str) -> None:
+    parse_policies(text)  # no set given: any name
+    with pytest.raises(PolicyError, match=r"s: unknown framework 'pytorch'.*'onnx', 'tensorflow'"):
+        parse_policies(text, {"tensorflow", "onnx"})
+
+
+def test_a_third_framework_in_every_kind_of_policy() -> None:
+    frameworks = ("tensorflow", "pytorch", "onnx")
+    policies = parse_policies(
+        '{"a": {"framework": "onnx"}, "b": {"split": {"onnx": 1, "pytorch": 0}},'
+        ' "c": {"serve": "tensorflow", "shadow": "onnx"}}',
+        frameworks,
+    )
+    router = Router(frameworks, "pytorch", {})
+    router.apply(policies)
+    assert router.route("a", {}) == Route("onnx")
+    assert router.route("b", {}, request_id="x") == Route("onnx")
+    assert router.route("c", {}) == Route("tensorflow", "onnx")
 
 
 def _out(*values: float, datatype: str = "FP32") -> Output:

@@ -20,13 +20,13 @@ from serving.engine.manager import ModelManager
 from serving.engine.metrics import DeviceCollector, InferenceMetrics, ModelCollector
 from serving.engine.repository import ModelRepository
 from serving.engine.servicer import InferenceServicer
-from serving.rpc.calls import CallObserver
 from serving.rpc.drain import Drain
 from serving.rpc.metrics import MetricsServer, RpcMetrics, new_registry
 from serving.rpc.security import server_security, transport_name
 from serving.rpc.server import (
     SERVICE_NAMES,
     build_server,
+    call_concerns,
     project_version,
     wait_for_signal,
     write_port_file,
@@ -98,8 +98,11 @@ class Service:
             await asyncio.to_thread(self.metrics_server.close)
 
 
-async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
-    """Loads the repository's models and binds a server (not yet started)."""
+async def create_server(
+    settings: ServiceSettings, backend: Backend, *, trains: bool = True
+) -> Service:
+    """Loads the repository's models and binds a server (not yet started). A service that
+    `trains` not (it serves what others trained) answers Train with UNIMPLEMENTED."""
     repository = ModelRepository(settings.model_repository)
     manager = ModelManager(
         repository,
@@ -142,10 +145,8 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     )
     registry.register(ModelCollector(manager, backend.framework))
     registry.register(JobCollector(jobs, backend.framework))
-    device_stats = getattr(backend, "device_stats", None)
-    if callable(device_stats):
-        registry.register(DeviceCollector(device_stats, settings.device))
-    observer = CallObserver(
+    registry.register(DeviceCollector(backend.device_stats, settings.device))
+    concerns = call_concerns(
         RpcMetrics(registry),
         framework=backend.framework,
         max_concurrent=settings.max_concurrent_rpcs,
@@ -154,14 +155,14 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     drain = Drain()
     server, port, health_servicer = build_server(
         servicer,
-        TrainingServicer(jobs, backend.framework),
+        TrainingServicer(jobs, backend.framework, trains=trains),
         settings.host,
         settings.port,
         settings.max_message_bytes,
         credentials=credentials,
         interceptors=[drain, *interceptors],
         reuse_port=settings.reuse_port,
-        observer=observer,
+        concerns=concerns,
         max_streams_per_connection=settings.max_streams_per_connection,
     )
     metrics_port = settings.worker_metrics_port()
@@ -180,8 +181,8 @@ async def create_server(settings: ServiceSettings, backend: Backend) -> Service:
     )
 
 
-async def serve(settings: ServiceSettings, backend: Backend) -> None:
-    service = await create_server(settings, backend)
+async def serve(settings: ServiceSettings, backend: Backend, *, trains: bool = True) -> None:
+    service = await create_server(settings, backend, trains=trains)
     await service.start()
     logger.info(
         "%s service listening on %s:%d, %s (models: %s)",

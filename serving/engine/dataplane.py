@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from serving.backend import Model
 from serving.engine.batching import Batcher
+from serving.engine.ledger import Ledger
 from serving.engine.manager import LoadedVersion, ModelManager
 from serving.engine.metrics import InferenceMetrics
 from serving.engine.statistics import StatisticsBook
+from serving.engine.timings import Timings
 from serving.errors import InvalidInput, ServingError, code_of
 from serving.protocol.names import FRAMEWORK_PARAM, RUNTIME_PARAM
 from serving.types import EncodedInput, InferRequest, InferResponse, Signature
@@ -145,6 +147,7 @@ class DataPlane:
         self.metrics = metrics or InferenceMetrics(
             CollectorRegistry(), framework=framework, device="cpu"
         )
+        self.ledger = Ledger(self.stats, self.metrics)
         self._threads = threads
         self._inline_max_ns = inline_max_us * 1000
         self._inline_max_rows = inline_max_rows
@@ -152,94 +155,103 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, encode: Callable[[InferResponse], T]) -> T:
         """Runs `request` and returns its answer as `encode` makes it (timed as the request's
-        compute_output, as decoding is its compute_input)."""
+        compute_output, as decoding is its compute_input). Its outcome is written to the
+        version's ledger once: succeeded or failed."""
         started = time.perf_counter_ns()
         asked = request.parameters.get(RUNTIME_PARAM)
         if asked is not None and not isinstance(asked, str):
             raise InvalidInput(f"parameter '{RUNTIME_PARAM}' must be a string")
         # The version stays open until this request is done, even if a swap retires it.
         with self.manager.use(request.model_name, request.model_version) as loaded:
-            in_flight = self.metrics.in_flight.labels(loaded.name, self.framework)
-            in_flight.inc()
+            ledger = self.ledger.version(loaded.name, loaded.version)
+            ledger.in_flight.inc()
             runtime = "unknown"  # until the asked runtime is known to exist
             try:
                 runtime, model = loaded.runtime(asked)
-                batching = loaded.batching
-                rows = validate_inputs(
-                    loaded.name,
-                    loaded.meta.signature,
-                    request.inputs,
-                    loaded.max_batch_size or None,
-                )
-                names, binary = _select_outputs(loaded, request)
-                input_start = time.perf_counter_ns()
-                arrays = await self._decode(request.inputs)
-                compute_start = time.perf_counter_ns()
-                input_ns = compute_start - input_start
-                if batching is None:
-                    queue_ns = 0
-                    outputs = await self._call(loaded, runtime, model, arrays, rows)
-                    compute_ns = time.perf_counter_ns() - compute_start
-                    batch_rows = rows
-                    self.metrics.executed(loaded.name, loaded.version, runtime, rows)
-                else:
-                    result = await self._batcher(loaded, runtime, model).submit(arrays)
-                    outputs, queue_ns, compute_ns, batch_rows = (
-                        result.outputs,
-                        result.queue_ns,
-                        result.compute_ns,
-                        result.batch_rows,
-                    )
-                del arrays  # the inputs' memory goes before the answer's is made
-                missing = [n for n in names if n not in outputs]
-                if missing:
-                    raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
-                datatypes = {s.name: s.datatype for s in loaded.meta.signature.outputs}
-                response = InferResponse(
-                    model_name=loaded.name,
-                    model_version=str(loaded.version),
-                    id=request.id,
-                    outputs={name: outputs[name] for name in names},
-                    datatypes={name: datatypes[name] for name in names},
-                    binary=binary,
-                    parameters={FRAMEWORK_PARAM: self.framework, RUNTIME_PARAM: runtime},
-                )
-                del outputs
-                output_start = time.perf_counter_ns()
-                answer = await self._encode(encode, response)
-                output_ns = time.perf_counter_ns() - output_start
+                answer, timings = await self._run(loaded, runtime, model, request, encode)
             except BaseException as exc:
-                self.stats.record_failure(
-                    loaded.name, loaded.version, time.perf_counter_ns() - started
-                )
-                self.metrics.request(loaded.name, loaded.version, runtime, code_of(exc).name)
+                ledger.failed(runtime, code_of(exc), time.perf_counter_ns() - started)
                 raise
             finally:
-                in_flight.dec()
-        total_ns = time.perf_counter_ns() - started
-        self.stats.record_success(
-            loaded.name,
-            loaded.version,
-            rows=rows,
-            total_ns=total_ns,
-            queue_ns=queue_ns,
-            input_ns=input_ns,
-            compute_ns=compute_ns,
-            output_ns=output_ns,
-            # Unbatched, the request was its own framework call; batched, the batcher
-            # counted the call and the request adds its decoding and encoding to it.
-            batch_rows=batch_rows,
-            own_execution=batching is None,
-        )
-        self.metrics.succeeded(
-            loaded.name,
-            loaded.version,
-            runtime,
-            total_ns=total_ns,
-            queue_ns=queue_ns,
-            compute_ns=compute_ns,
-        )
+                ledger.in_flight.dec()
+        timings.total_ns = time.perf_counter_ns() - started
+        ledger.succeeded(runtime, timings)
         return answer
+
+    async def _run(
+        self,
+        loaded: LoadedVersion,
+        runtime: str,
+        model: Model,
+        request: InferRequest,
+        encode: Callable[[InferResponse], T],
+    ) -> tuple[T, Timings]:
+        """Checks, decodes, computes (alone or in a batch) and encodes; the answer and its
+        timings (all but the total)."""
+        rows = validate_inputs(
+            loaded.name, loaded.meta.signature, request.inputs, loaded.max_batch_size or None
+        )
+        names, binary = _select_outputs(loaded, request)
+        input_start = time.perf_counter_ns()
+        arrays = await self._decode(request.inputs)
+        compute_start = time.perf_counter_ns()
+        if loaded.batching is None:
+            outputs = await self._call(loaded, runtime, model, arrays, rows)
+            timings = Timings(
+                rows=rows,
+                queue_ns=0,
+                input_ns=compute_start - input_start,
+                compute_ns=time.perf_counter_ns() - compute_start,
+                output_ns=0,
+                batch_rows=rows,
+                own_execution=True,
+            )
+        else:
+            result = await self._batcher(loaded, runtime, model).submit(arrays)
+            outputs = result.outputs
+            # The batcher counted the batch's call; the request adds its decoding and
+            # encoding to it.
+            timings = Timings(
+                rows=rows,
+                queue_ns=result.queue_ns,
+                input_ns=compute_start - input_start,
+                compute_ns=result.compute_ns,
+                output_ns=0,
+                batch_rows=result.batch_rows,
+                own_execution=False,
+            )
+            del result  # holds the outputs too: they go with `outputs`, below
+        del arrays  # the inputs' memory goes before the answer's is made
+        response = self._response(loaded, runtime, request, outputs, names=names, binary=binary)
+        del outputs
+        output_start = time.perf_counter_ns()
+        answer = await self._encode(encode, response)
+        timings.output_ns = time.perf_counter_ns() - output_start
+        return answer, timings
+
+    def _response(
+        self,
+        loaded: LoadedVersion,
+        runtime: str,
+        request: InferRequest,
+        outputs: dict[str, np.ndarray],
+        *,
+        names: list[str],
+        binary: dict[str, bool],
+    ) -> InferResponse:
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise ServingError(f"model '{loaded.name}' did not produce outputs {missing}")
+        datatypes = {s.name: s.datatype for s in loaded.meta.signature.outputs}
+        return InferResponse(
+            model_name=loaded.name,
+            model_version=str(loaded.version),
+            id=request.id,
+            outputs={name: outputs[name] for name in names},
+            datatypes={name: datatypes[name] for name in names},
+            binary=binary,
+            parameters={FRAMEWORK_PARAM: self.framework, RUNTIME_PARAM: runtime},
+        )
 
     async def _decode(self, inputs: Sequence[EncodedInput]) -> dict[str, np.ndarray]:
         if sum(tensor.work for tensor in inputs) <= OFFLOAD_ELEMENTS:
@@ -277,9 +289,10 @@ class DataPlane:
                     loaded, runtime, model, arrays, len(next(iter(arrays.values())))
                 )
 
+            ledger = self.ledger.version(loaded.name, loaded.version)
+
             def on_batch(rows: int, compute_ns: int) -> None:
-                self.stats.record_batch(loaded.name, loaded.version, rows, compute_ns)
-                self.metrics.executed(loaded.name, loaded.version, runtime, rows)
+                ledger.batch_ran(runtime, rows, compute_ns)
 
             # One batch in flight per inference thread: while they are all busy, the queue
             # fills, and that is what makes batches under load.

@@ -19,7 +19,6 @@ unknown model is counted by the gRPC metrics alone), so clients cannot grow the 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,12 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from serving.engine.timings import Timings
 from serving.rpc.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from serving.engine.manager import ModelManager
 
-__all__ = ["DeviceCollector", "InferenceMetrics", "ModelCollector"]
+__all__ = ["DeviceCollector", "InferenceMetrics", "ModelCollector", "VersionMetrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _VERSION_LABELS = ("model", "version", "framework", "runtime", "device")
 
 
-class _VersionSeries:
+class _RuntimeSeries:
     """The children of one (model, version, runtime): looked up once, then reused."""
 
-    __slots__ = ("batch", "compute", "queue", "requests", "total")
+    __slots__ = ("_labels", "_metrics", "batch", "compute", "queue", "requests", "total")
 
     def __init__(self, metrics: InferenceMetrics, labels: tuple[str, ...]) -> None:
         self.total = metrics.total.labels(*labels)
@@ -51,6 +51,52 @@ class _VersionSeries:
         self.compute = metrics.compute.labels(*labels)
         self.batch = metrics.batch.labels(*labels)
         self.requests: dict[str, Counter] = {}
+        self._metrics = metrics
+        self._labels = labels
+
+    def request(self, code: str) -> Counter:
+        counter = self.requests.get(code)
+        if counter is None:
+            child = self._metrics.requests.labels(*self._labels, code)
+            counter = self.requests.setdefault(code, child)
+        return counter
+
+
+class VersionMetrics:
+    """The series of one model version: its in-flight gauge and, per runtime, its request
+    counters and histograms."""
+
+    __slots__ = ("_labels", "_metrics", "_runtimes", "in_flight")
+
+    def __init__(self, metrics: InferenceMetrics, model: str, version: int) -> None:
+        self.in_flight = metrics.in_flight.labels(model, metrics.framework)
+        self._metrics = metrics
+        self._labels = (model, str(version), metrics.framework)
+        self._runtimes: dict[str, _RuntimeSeries] = {}
+
+    def _series(self, runtime: str) -> _RuntimeSeries:
+        found = self._runtimes.get(runtime)
+        if found is None:
+            labels = (*self._labels, runtime, self._metrics.device)
+            found = self._runtimes.setdefault(runtime, _RuntimeSeries(self._metrics, labels))
+        return found
+
+    def succeeded(self, runtime: str, timings: Timings) -> None:
+        """One request answered; its framework call too when it was the request's own (a
+        dynamic batch's is counted by `batch_ran`)."""
+        series = self._series(runtime)
+        series.total.observe(timings.total_ns / 1e9)
+        series.queue.observe(timings.queue_ns / 1e9)
+        series.compute.observe(timings.compute_ns / 1e9)
+        if timings.own_execution:
+            series.batch.observe(timings.batch_rows)
+        series.request("OK").inc()
+
+    def failed(self, runtime: str, code: str) -> None:
+        self._series(runtime).request(code).inc()
+
+    def batch_ran(self, runtime: str, rows: int) -> None:
+        self._series(runtime).batch.observe(rows)
 
 
 class InferenceMetrics:
@@ -99,44 +145,10 @@ class InferenceMetrics:
             ("model", "framework"),
             registry=registry,
         )
-        self._series: dict[tuple[str, int, str], _VersionSeries] = {}
-        self._lock = threading.Lock()
 
-    def series(self, model: str, version: int, runtime: str) -> _VersionSeries:
-        key = (model, version, runtime)
-        found = self._series.get(key)
-        if found is None:
-            with self._lock:
-                labels = (model, str(version), self.framework, runtime, self.device)
-                found = self._series.setdefault(key, _VersionSeries(self, labels))
-        return found
-
-    def request(self, model: str, version: int, runtime: str, code: str) -> None:
-        series = self.series(model, version, runtime)
-        counter = series.requests.get(code)
-        if counter is None:
-            labels = (model, str(version), self.framework, runtime, self.device, code)
-            counter = series.requests.setdefault(code, self.requests.labels(*labels))
-        counter.inc()
-
-    def succeeded(
-        self,
-        model: str,
-        version: int,
-        runtime: str,
-        *,
-        total_ns: int,
-        queue_ns: int,
-        compute_ns: int,
-    ) -> None:
-        series = self.series(model, version, runtime)
-        series.total.observe(total_ns / 1e9)
-        series.queue.observe(queue_ns / 1e9)
-        series.compute.observe(compute_ns / 1e9)
-        self.request(model, version, runtime, "OK")
-
-    def executed(self, model: str, version: int, runtime: str, rows: int) -> None:
-        self.series(model, version, runtime).batch.observe(rows)
+    def version(self, model: str, version: int) -> VersionMetrics:
+        """The series of one version (its label children are made on first use)."""
+        return VersionMetrics(self, model, version)
 
 
 class ModelCollector(Collector):

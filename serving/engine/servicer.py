@@ -12,12 +12,19 @@ from typing import Any, TypeAlias
 import grpc
 
 from serving.engine.dataplane import DataPlane
-from serving.engine.manager import ModelManager
+from serving.engine.manager import LoadedVersion, ModelManager
 from serving.engine.model_config import VersionPolicy
 from serving.errors import Unsupported
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
-from serving.protocol.names import EXTENSIONS
+from serving.protocol.names import (
+    CONFIG_ARCHITECTURE_PARAM,
+    CONFIG_RUNTIMES_PARAM,
+    EXTENSIONS,
+    FRAMEWORK_PARAM,
+    LOAD_CONFIG_PARAM,
+    LOAD_FILE_PREFIX,
+)
 from serving.protocol.translate import request_from_pb, response_to_pb
 from serving.rpc.interceptor import stream_infer
 from serving.types import Signature
@@ -96,7 +103,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             else [str(v) for v in self.manager.loaded_versions(request.name)]
         )
         response = pb.ModelMetadataResponse(
-            name=loaded.name, versions=versions, platform=loaded.platform()
+            name=loaded.name, versions=versions, platform=self._platform(loaded)
         )
         _fill_tensors(response, loaded.meta.signature)
         return response
@@ -127,9 +134,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         meta = loaded.meta
         config = pb.ModelConfig(
             name=loaded.name,
-            platform=loaded.platform(),
+            platform=self._platform(loaded),
             runtime=loaded.default_runtime,
-            backend=meta.framework,
+            backend=self.manager.backend.framework,
             version_policy=_policy_pb(self.manager.policy(loaded.name)),
         )
         # Triton's convention: with max_batch_size > 0 the dims leave out the batch
@@ -149,10 +156,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config.output.add(
                 name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape[skip:]
             )
-        config.parameters["architecture"].string_value = meta.architecture
-        config.parameters["framework"].string_value = meta.framework
-        config.parameters["runtimes"].string_value = ",".join(loaded.models)
+        config.parameters[CONFIG_ARCHITECTURE_PARAM].string_value = meta.architecture
+        config.parameters[FRAMEWORK_PARAM].string_value = self.manager.backend.framework
+        config.parameters[CONFIG_RUNTIMES_PARAM].string_value = ",".join(loaded.models)
         return pb.ModelConfigResponse(config=config)
+
+    def _platform(self, loaded: LoadedVersion) -> str:
+        # What runs the version here, as this service's backend registers it: a version
+        # another framework trained (the onnx service serves its export) names the runtime
+        # serving it, not the framework that trained it (that is in its metadata).
+        registered = self.manager.backend.runtimes.get(loaded.default_runtime)
+        return registered or loaded.platform()
 
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Context
@@ -207,7 +221,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelLoadResponse:
         # Triton's load with an overriding configuration or files (tritonclient's
         # `load_model(config=..., files=...)`): refused rather than silently ignored.
-        overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+        overrides = sorted(
+            k
+            for k in request.parameters
+            if k == LOAD_CONFIG_PARAM or k.startswith(LOAD_FILE_PREFIX)
+        )
         if overrides:
             raise Unsupported(
                 f"loading with overrides ({', '.join(overrides)}) is not supported; "

@@ -15,7 +15,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["BatchStats", "Duration", "StatisticsBook", "VersionStats"]
+from serving.engine.timings import Timings
+
+__all__ = ["BatchStats", "Duration", "StatisticsBook", "VersionStatistics", "VersionStats"]
 
 
 @dataclass(slots=True)
@@ -74,67 +76,64 @@ class VersionStats:
         )
 
 
-class StatisticsBook:
-    def __init__(self) -> None:
-        self._stats: dict[tuple[str, int], VersionStats] = {}
-        self._lock = threading.Lock()
+class VersionStatistics:
+    """The counters of one model version, written under the book's lock."""
 
-    def _entry(self, model: str, version: int) -> VersionStats:
-        key = (model, version)
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats.setdefault(key, VersionStats())
-        return stats
+    __slots__ = ("_lock", "_stats")
 
-    def record_success(
-        self,
-        model: str,
-        version: int,
-        *,
-        rows: int,
-        total_ns: int,
-        queue_ns: int,
-        input_ns: int,
-        compute_ns: int,
-        output_ns: int,
-        batch_rows: int,
-        own_execution: bool,
-    ) -> None:
-        """One request answered: `compute_ns` is the framework call it ran in, of `batch_rows`
-        rows; `own_execution` when that call was the request's alone (else `record_batch`
-        counted it)."""
+    def __init__(self, stats: VersionStats, lock: threading.Lock) -> None:
+        self._stats = stats
+        self._lock = lock
+
+    def succeeded(self, timings: Timings) -> None:
+        """One request answered (see `Timings`: a batched request's framework call was
+        counted by `batch_ran`; the request adds its decoding and encoding to it)."""
         with self._lock:
-            stats = self._entry(model, version)
-            stats.success.add(total_ns)
-            stats.queue.add(queue_ns)
-            stats.compute_input.add(input_ns)
-            stats.compute_infer.add(compute_ns)
-            stats.compute_output.add(output_ns)
-            stats.inference_count += rows
+            stats = self._stats
+            stats.success.add(timings.total_ns)
+            stats.queue.add(timings.queue_ns)
+            stats.compute_input.add(timings.input_ns)
+            stats.compute_infer.add(timings.compute_ns)
+            stats.compute_output.add(timings.output_ns)
+            stats.inference_count += timings.rows
             stats.last_inference_ms = time.time_ns() // 1_000_000
-            batch = stats.batches.setdefault(batch_rows, BatchStats())
-            if own_execution:
+            batch = stats.batches.setdefault(timings.batch_rows, BatchStats())
+            if timings.own_execution:
                 stats.execution_count += 1
-                batch.compute_input.add(input_ns)
-                batch.compute_infer.add(compute_ns)
-                batch.compute_output.add(output_ns)
+                batch.compute_input.add(timings.input_ns)
+                batch.compute_infer.add(timings.compute_ns)
+                batch.compute_output.add(timings.output_ns)
             else:
-                batch.compute_input.ns += input_ns
-                batch.compute_output.ns += output_ns
+                batch.compute_input.ns += timings.input_ns
+                batch.compute_output.ns += timings.output_ns
 
-    def record_batch(self, model: str, version: int, rows: int, compute_ns: int) -> None:
-        """One framework call of a batch of `rows` rows."""
+    def batch_ran(self, rows: int, compute_ns: int) -> None:
+        """One framework call of a dynamic batch of `rows` rows."""
         with self._lock:
-            stats = self._entry(model, version)
+            stats = self._stats
             stats.execution_count += 1
             batch = stats.batches.setdefault(rows, BatchStats())
             batch.compute_input.count += 1
             batch.compute_infer.add(compute_ns)
             batch.compute_output.count += 1
 
-    def record_failure(self, model: str, version: int, total_ns: int) -> None:
+    def failed(self, total_ns: int) -> None:
         with self._lock:
-            self._entry(model, version).fail.add(total_ns)
+            self._stats.fail.add(total_ns)
+
+
+class StatisticsBook:
+    """Every version's counters behind one lock, so a snapshot is consistent across them."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, int], VersionStats] = {}
+        self._lock = threading.Lock()
+
+    def version(self, model: str, version: int) -> VersionStatistics:
+        """The counters of one version, created empty on first use."""
+        with self._lock:
+            stats = self._stats.setdefault((model, version), VersionStats())
+        return VersionStatistics(stats, self._lock)
 
     def snapshot(self) -> dict[tuple[str, int], VersionStats]:
         with self._lock:

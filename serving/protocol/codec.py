@@ -11,6 +11,7 @@ comes with, so a hostile shape cannot make the server allocate.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from functools import partial
@@ -34,6 +35,7 @@ __all__ = [
     "param_from_pb",
     "param_to_pb",
     "serialize_bytes",
+    "zeros",
 ]
 
 # BF16 has no NumPy dtype: it travels as its 16-bit pattern and is widened to FP32 here.
@@ -326,6 +328,13 @@ def _copy_out(values: Any, dtype: np.dtype[Any]) -> np.ndarray:
 def decode_tensor(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
     """Decodes one raw tensor (also used by clients and tests)."""
     return _check_raw(name, datatype, tuple(shape), raw, None).decode()
+
+
+def zeros(datatype: str, shape: Sequence[int]) -> np.ndarray:
+    """What a tensor of all-zero raw contents (empty strings for BYTES) decodes to: the
+    array a model sees for `datatype` (FP32 for BF16), e.g. to warm a model up with."""
+    width = _LENGTH.size if datatype == "BYTES" else _check_datatype("zeros", datatype).itemsize
+    return decode_tensor("zeros", datatype, shape, bytes(math.prod(shape) * width))
 
 
 def check_inputs(

@@ -13,19 +13,22 @@ from serving.protocol.codec import (
     param_to_pb,
     typed_allowed,
 )
+from serving.protocol.names import (
+    BINARY_OUTPUT_PARAM,
+    BINARY_PARAM,
+    CLASSIFICATION_PARAM,
+    SHARED_MEMORY_REGION_PARAM,
+)
 from serving.types import InferRequest, InferResponse, ParamValue, RequestedOutput, Signature
 
 __all__ = ["MAX_PARAMETERS", "request_from_pb", "response_to_pb"]
 
-# Triton's names for asking for binary (raw) or JSON-like typed outputs.
-BINARY_OUTPUT_PARAM = "binary_data_output"
-BINARY_PARAM = "binary_data"
 # Triton extensions this server does not implement (nor advertise). tritonclient sends them
 # as tensor parameters; ignoring them would answer something other than what was asked
 # (FP32 values instead of class labels, data inline instead of in a shared memory region).
 _UNSUPPORTED_TENSOR_PARAMS = {
-    "classification": "classification",
-    "shared_memory_region": "shared memory",
+    CLASSIFICATION_PARAM: "classification",
+    SHARED_MEMORY_REGION_PARAM: "shared memory",
 }
 # Parameters read from one map (the request's, a tensor's): Triton's clients send a handful; a
 # 4 MiB map of 300,000 held the event loop for a second.

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.errors import PermissionDenied, ServingError, Unauthenticated
 from serving.pb import inference_pb2
 from serving.pb.twinserve.v1 import training_pb2
+from serving.protocol.names import AUTHORIZATION_HEADER
 from serving.rpc.interceptor import refusing
 
 __all__ = [
@@ -149,7 +150,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
 
     def scope(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Scope:
         """The scope of the token in this metadata; Unauthenticated without a known one."""
-        values = [v for k, v in metadata or () if k == "authorization" and isinstance(v, str)]
+        values = [v for k, v in metadata or () if k == AUTHORIZATION_HEADER and isinstance(v, str)]
         if not values:
             raise Unauthenticated(MISSING_TOKEN)
         scheme, _, given = values[0].partition(" ")
@@ -219,7 +220,7 @@ class BearerTokenClient(
     (`grpc.intercept_channel(channel, BearerTokenClient(token))`)."""
 
     def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+        self._header = (AUTHORIZATION_HEADER, f"Bearer {token}")
 
     def _with_token(self, details: grpc.ClientCallDetails) -> Any:
         return _CallDetails(

@@ -1,22 +1,27 @@
-"""The one place where exceptions become gRPC statuses."""
+"""The one place where exceptions become gRPC statuses, and the interceptor that runs a
+server's concerns (metrics, call log, trace span, admission: see `serving.rpc.calls`) around
+every handler. It builds one wrapped handler per method, with only the hooks that have
+something to do for that method, so a call pays for one wrapper and its hooks, nothing else.
+`stream_infer` is the same boundary for the messages of an inference stream."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, cast
 
 import grpc
 
-from serving.errors import InvalidInput, ServingError
+from serving.errors import ServingError
 from serving.pb import inference_pb2 as pb
-from serving.rpc.calls import CallObserver, status_name
+from serving.rpc.calls import Call, CallHook, Concern, status_name
+from serving.rpc.decoding import checked, parsed, tolerant
 from serving.rpc.logs import printable, shorten
-from serving.rpc.tracing import server_span
 
-__all__ = ["ErrorInterceptor", "client_detail", "refusing", "status_of", "stream_infer"]
+__all__ = ["CallInterceptor", "client_detail", "refusing", "status_of", "stream_infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,85 +52,58 @@ def status_of(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, st
     return grpc.StatusCode.INTERNAL, _GENERIC
 
 
-class _Undecodable:
-    """Stands in for a request message that did not parse. grpc.aio answers a deserializer's
-    exception with UNKNOWN (found by tests/integration/test_fuzz.py); the wrapped behaviors
-    below answer INVALID_ARGUMENT instead."""
-
-
-_UNDECODABLE = _Undecodable()
-
-
-def _malformed() -> InvalidInput:
-    return InvalidInput("the request message could not be parsed")
-
-
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception:
-            return _UNDECODABLE
-
-    return deserialize
-
-
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        if request is _UNDECODABLE:
-            raise _malformed()
-        yield request
-
-
 UnaryBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Hooks = tuple[CallHook, ...]
 
 
-def _wrap_unary(behavior: UnaryBehavior, method: str, observer: CallObserver) -> UnaryBehavior:
+def _finish(call: Call, hooks: Hooks, begun: int) -> None:
+    """The `finished` of the first `begun` hooks, last started first (a hook whose `started`
+    raised to refuse the call is not among them)."""
+    call.seconds = time.perf_counter() - call.started
+    for index in range(begun - 1, -1, -1):
+        hooks[index].finished(call)
+
+
+def _wrap_unary(behavior: UnaryBehavior, method: str, hooks: Hooks) -> UnaryBehavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        call = observer.start(method, request, context)
-        # Unary calls only: a span's context cannot follow a stream's generator across yields.
-        with server_span(method, context):
-            try:
-                if not call.admitted:
-                    raise observer.refusal()
-                if request is _UNDECODABLE:
-                    raise _malformed()
-                call.response = await behavior(request, context)
-                return call.response
-            except grpc.aio.AbortError:
-                call.code = status_name(context.code())
-                raise
-            except asyncio.CancelledError:
-                call.code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as exc:
-                call.code, call.message = status_of(exc, method)
-                await context.abort(call.code, call.message)
-            finally:
-                observer.finish(call)
+        call = Call(method, request, context)
+        begun = 0
+        try:
+            for hook in hooks:
+                hook.started(call)
+                begun += 1
+            call.response = await behavior(parsed(request), context)
+            return call.response
+        except grpc.aio.AbortError:
+            call.code = status_name(context.code())
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            call.code, call.message = status_of(exc, method)
+            await context.abort(call.code, call.message)
+        finally:
+            _finish(call, hooks, begun)
 
     return wrapper
 
 
 def _wrap_stream(
-    behavior: StreamBehavior, method: str, observer: CallObserver, *, streaming: bool
+    behavior: StreamBehavior, method: str, hooks: Hooks, *, streaming: bool
 ) -> StreamBehavior:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        call = observer.start(method, None if streaming else request, context)
+        call = Call(method, None if streaming else request, context)
+        begun = 0
         try:
-            if not call.admitted:
-                raise observer.refusal()
-            if streaming:
-                request = _checked(request)
-            elif request is _UNDECODABLE:
-                raise _malformed()
-            async for response in behavior(request, context):
+            for hook in hooks:
+                hook.started(call)
+                begun += 1
+            requests = checked(request) if streaming else parsed(request)
+            async for response in behavior(requests, context):
                 yield response
         except grpc.aio.AbortError:
             call.code = status_name(context.code())
@@ -137,7 +115,7 @@ def _wrap_stream(
             call.code, call.message = status_of(exc, method)
             await context.abort(call.code, call.message)
         finally:
-            observer.finish(call)
+            _finish(call, hooks, begun)
 
     return wrapper
 
@@ -177,12 +155,12 @@ def refusing(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 _CACHE_LIMIT = 512
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Statuses from exceptions, and (through `observer`) metrics, logs and the bound on
-    concurrent calls."""
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Statuses from exceptions, and `concerns` (in order, see `serving.rpc.calls`) around
+    every handler; the last interceptor of a server."""
 
-    def __init__(self, observer: CallObserver | None = None) -> None:
-        self.observer = observer or CallObserver()
+    def __init__(self, concerns: Sequence[Concern] = ()) -> None:
+        self.concerns = tuple(concerns)
         self._wrapped: dict[tuple[str, Handler], Handler] = {}
 
     async def intercept_service(
@@ -196,35 +174,45 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         key = (handler_call_details.method, handler)
         wrapped = self._wrapped.get(key)
         if wrapped is None:
-            wrapped = _wrap(handler, handler_call_details.method, self.observer)
+            wrapped = self._wrap(handler, handler_call_details.method)
             if len(self._wrapped) < _CACHE_LIMIT:
                 self._wrapped[key] = wrapped
         return wrapped
 
+    def _hooks(self, method: str, *, unary: bool) -> Hooks:
+        found = (concern.for_method(method, unary=unary) for concern in self.concerns)
+        return tuple(hook for hook in found if hook is not None)
 
-def _wrap(handler: Handler, method: str, observer: CallObserver) -> Handler:
-    unary = handler.unary_unary
-    if unary is not None and inspect.iscoroutinefunction(unary):
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(cast(UnaryBehavior, unary), method, observer),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    server_streaming = handler.unary_stream
-    if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
-        return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(cast(StreamBehavior, server_streaming), method, observer, streaming=False),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    stream = handler.stream_stream
-    if stream is not None and inspect.isasyncgenfunction(stream):
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(cast(StreamBehavior, stream), method, observer, streaming=True),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
-    return handler
+    def _wrap(self, handler: Handler, method: str) -> Handler:
+        deserializer = tolerant(handler.request_deserializer)
+        serializer = handler.response_serializer
+        unary = handler.unary_unary
+        if unary is not None and inspect.iscoroutinefunction(unary):
+            behavior = cast(UnaryBehavior, unary)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(behavior, method, self._hooks(method, unary=True)),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        server_streaming = handler.unary_stream
+        if server_streaming is not None and inspect.isasyncgenfunction(server_streaming):
+            hooks = self._hooks(method, unary=False)
+            stream = cast(StreamBehavior, server_streaming)
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(stream, method, hooks, streaming=False),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        bidirectional = handler.stream_stream
+        if bidirectional is not None and inspect.isasyncgenfunction(bidirectional):
+            hooks = self._hooks(method, unary=False)
+            stream = cast(StreamBehavior, bidirectional)
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(stream, method, hooks, streaming=True),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        return handler
 
 
 async def stream_infer(

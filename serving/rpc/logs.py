@@ -3,9 +3,9 @@
 Requests carry text a client chose: model names, versions, ids, metadata. Written into a
 log as is, a newline forges a second record, an ANSI escape rewrites the operator's
 terminal, and a 4 MiB name writes megabytes for one call. `printable` cuts such text to a
-bound and escapes control characters; the call records (`serving.rpc.calls`) apply it to every
-client field, and both formatters bound and (text) escape whole messages as a last guard for
-any other log line that quotes a client.
+bound and escapes control characters; the call log (`serving.rpc.call_log`) applies it to
+every client field, and both formatters bound and (text) escape whole messages as a last guard
+for any other log line that quotes a client.
 """
 
 from __future__ import annotations

@@ -13,11 +13,14 @@ each must report only its own models and calls. The metrics are still declared o
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+
+from serving.rpc.calls import Call, CallHook
 
 __all__ = ["LATENCY_BUCKETS", "MetricsServer", "RpcMetrics", "new_registry"]
 
@@ -54,8 +57,8 @@ def new_registry() -> CollectorRegistry:
 
 
 class RpcMetrics:
-    """Every call a server handles, by method and status code (the error interceptor records
-    them: it is where exceptions become statuses)."""
+    """Every call a server handles, by method and status code: a concern of the server's
+    interceptor (`serving.rpc.calls`), with one hook per method holding its label children."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.handled = Counter(
@@ -77,19 +80,38 @@ class RpcMetrics:
             ("method",),
             registry=registry,
         )
-        self._children: dict[tuple[str, str], Counter] = {}
+        self._methods: dict[str, _MethodMetrics] = {}
 
-    def started(self, method: str) -> None:
-        self.in_flight.labels(method).inc()
+    def for_method(self, method: str, *, unary: bool) -> CallHook:
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods.setdefault(method, _MethodMetrics(self, method))
+        return found
 
-    def finished(self, method: str, code: str, seconds: float) -> None:
-        self.in_flight.labels(method).dec()
-        key = (method, code)
-        counter = self._children.get(key)
+
+class _MethodMetrics:
+    """The children of one method, looked up once (a `labels()` lookup takes a lock)."""
+
+    __slots__ = ("_codes", "_handled", "_method", "in_flight", "seconds")
+
+    def __init__(self, metrics: RpcMetrics, method: str) -> None:
+        self.in_flight = metrics.in_flight.labels(method)
+        self.seconds = metrics.seconds.labels(method)
+        self._handled = metrics.handled
+        self._method = method
+        self._codes: dict[grpc.StatusCode, Counter] = {}
+
+    def started(self, call: Call) -> None:
+        self.in_flight.inc()
+
+    def finished(self, call: Call) -> None:
+        self.in_flight.dec()
+        counter = self._codes.get(call.code)
         if counter is None:
-            counter = self._children.setdefault(key, self.handled.labels(method, code))
+            child = self._handled.labels(self._method, call.code.name)
+            counter = self._codes.setdefault(call.code, child)
         counter.inc()
-        self.seconds.labels(method).observe(seconds)
+        self.seconds.observe(call.seconds)
 
 
 class MetricsServer:

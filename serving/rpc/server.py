@@ -1,5 +1,5 @@
 """The gRPC server kit every twinserve server is built from, service or gateway: options,
-the two OIP-and-training services with health, reflection and the error interceptor, and the
+the two OIP-and-training services with health, reflection and the call interceptor, and the
 process plumbing (port file, signals)."""
 
 from __future__ import annotations
@@ -19,14 +19,19 @@ from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.rpc.calls import CallObserver
-from serving.rpc.interceptor import ErrorInterceptor
+from serving.rpc.admission import Admission
+from serving.rpc.call_log import CallLog
+from serving.rpc.calls import Concern
+from serving.rpc.interceptor import CallInterceptor
+from serving.rpc.metrics import RpcMetrics
+from serving.rpc.tracing import ServerTracing
 
 __all__ = [
     "SERVICE_NAME",
     "SERVICE_NAMES",
     "TRAINING_SERVICE_NAME",
     "build_server",
+    "call_concerns",
     "grpc_options",
     "project_version",
     "wait_for_signal",
@@ -76,6 +81,18 @@ def grpc_options(
     ]
 
 
+def call_concerns(
+    metrics: RpcMetrics | None = None, *, framework: str = "", max_concurrent: int = 0
+) -> list[Concern]:
+    """What a server does around every call, in this order: its gRPC metrics, its call log
+    (`framework` names the service in records), a trace span, and at most `max_concurrent`
+    calls at once (0: no bound). The bound comes last so that a refused call is still
+    counted, logged and traced."""
+    concerns: list[Concern] = [] if metrics is None else [metrics]
+    concerns += [CallLog(framework), ServerTracing(), Admission(max_concurrent)]
+    return concerns
+
+
 def build_server(
     inference: pb_grpc.GRPCInferenceServiceServicer,
     training: tpb_grpc.TrainingServiceServicer,
@@ -87,17 +104,18 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     services: Mapping[str, Callable[[grpc.aio.Server], None]] | None = None,
     reuse_port: bool = False,
-    observer: CallObserver | None = None,
+    concerns: Sequence[Concern] | None = None,
     max_streams_per_connection: int = 256,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A bound (not started) server with both services, the error interceptor, health and
+    """A bound (not started) server with both services, the call interceptor, health and
     reflection; returns it with the bound port and its health servicer. The port serves TLS
-    when `credentials` are given; `interceptors` (authentication) run before the error
+    when `credentials` are given; `interceptors` (authentication) run before the call
     interceptor. `services` adds more: full service name -> a function that adds its
-    servicer to the server (the name is offered by reflection). `observer` records every
-    call's metrics and log line and bounds the calls handled at once."""
+    servicer to the server (the name is offered by reflection). `concerns` are done around
+    every call (`call_concerns`, which is also the default)."""
+    chain = CallInterceptor(call_concerns() if concerns is None else concerns)
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorInterceptor(observer)],
+        interceptors=[*interceptors, chain],
         options=grpc_options(
             max_message_bytes,
             reuse_port=reuse_port,

@@ -8,15 +8,15 @@ tracing stays off. Only `__main__` modules call `configure`; the rest asks `enab
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-__all__ = ["client_interceptors", "configure", "enabled", "server_span"]
+from serving.rpc.calls import Call, CallHook
+
+__all__ = ["ServerTracing", "client_interceptors", "configure", "enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,57 +68,57 @@ _SERVER_ERRORS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
-_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _call_status(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None
-) -> grpc.StatusCode:
-    """The status the call ends with: what the handler (or its abort) set, else OK, or
-    CANCELLED when the caller went away."""
-    if isinstance(exc, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, int):
-        return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
-    return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+class ServerTracing:
+    """Every unary call a server span, a child of the caller's `traceparent` if it sent one:
+    a concern of the server's interceptor (`serving.rpc.calls`) that has nothing to do while
+    tracing is off. Streams get none: a span's context cannot follow a stream's generator
+    across its yields."""
+
+    def for_method(self, method: str, *, unary: bool) -> CallHook | None:
+        if _tracer is None or not unary:
+            return None
+        return _Span(_tracer, method)
 
 
-@contextmanager
-def server_span(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
-    """The span of one call, a child of the caller's `traceparent` if it sent one; a no-op
-    while tracing is off. It records the call's `rpc.grpc.status_code`; the abort that
-    carries a status out of the handler is how a status is sent, not an exception to record."""
-    if _tracer is None:
-        yield
-        return
-    from opentelemetry.propagate import extract  # noqa: PLC0415
-    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: PLC0415
+class _Span:
+    """The span of each call of one method. It records the call's `rpc.grpc.status_code`;
+    the abort that carries a status out of the handler is how a status is sent, not an
+    exception to record."""
 
-    carrier = {
-        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
-    }
-    with _tracer.start_as_current_span(
-        method.rpartition("/")[2],
-        context=extract(carrier),
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.method": method},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        failure: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
-            code = _call_status(context, failure)
-            span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code in _SERVER_ERRORS:
-                span.set_status(Status(StatusCode.ERROR, code.name))
+    def __init__(self, tracer: Any, method: str) -> None:
+        from opentelemetry import context, trace  # noqa: PLC0415
+        from opentelemetry.propagate import extract  # noqa: PLC0415
+        from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: PLC0415
+
+        self._tracer = tracer
+        self._name = method.rpartition("/")[2]
+        self._attributes = {"rpc.system": "grpc", "rpc.method": method}
+        self._extract, self._in_context = extract, trace.set_span_in_context
+        self._attach, self._detach = context.attach, context.detach
+        self._kind = SpanKind.SERVER
+        self._status, self._error = Status, StatusCode.ERROR
+
+    def started(self, call: Call) -> None:
+        metadata = call.context.invocation_metadata() or ()
+        carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        span = self._tracer.start_span(
+            self._name,
+            context=self._extract(carrier),
+            kind=self._kind,
+            attributes=self._attributes,
+        )
+        # Current while the handler runs: the gateway's calls upstream carry it along.
+        call.span = (span, self._attach(self._in_context(span)))
+
+    def finished(self, call: Call) -> None:
+        span, token = call.span
+        self._detach(token)
+        span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+        if call.code in _SERVER_ERRORS:
+            span.set_status(self._status(self._error, call.code.name))
+        span.end()
 
 
 def _with_trace_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

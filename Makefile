@@ -13,7 +13,7 @@ MODELS ?= models
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tf,torch,loadtest,dev,otel]'
+	$(PY) -m pip install --quiet -e '.[engine,tf,torch,loadtest,dev,otel]'
 	touch $@
 
 venv: $(STAMP)
@@ -31,8 +31,7 @@ proto: $(PB_STAMP)
 
 # Trains the seed models (house_price) into each framework's repository if missing.
 seed: $(PB_STAMP)
-	$(PY) -m tf_service seed --model-repository $(MODELS)/tensorflow
-	$(PY) -m torch_service seed --model-repository $(MODELS)/pytorch
+	$(PY) -m devtools.stack seed --models $(MODELS)
 
 run: seed
 	$(PY) -m devtools.stack --models $(MODELS)
@@ -42,9 +41,11 @@ run: seed
 # our generated code, and one process's descriptor pool cannot hold both.
 # tests/deploy (Docker images, Compose, Kubernetes) runs in `make test-deploy`, not here.
 # TensorFlow's oneDNN kernels (on by default on Intel CPUs) fail differently from the portable
-# ones (a wrong-rank convolution aborts the process), so the TensorFlow backend suites run
-# under both settings whatever CPU this is.
-TF_SUITES := tests/framework/test_tf_backend.py tests/framework/test_tf_runtimes.py
+# ones (a wrong-rank convolution aborts the process), so the TensorFlow backend's tests (its
+# cases of the conformance suite, and its own module) run under both settings whatever CPU
+# this is.
+TF_SUITES := tests/framework/conformance tests/framework/test_tf_backend.py \
+	-k 'tensorflow or tf_backend'
 test: $(PB_STAMP) prometheus perf-analyzer
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(TF_SUITES) $(PYTEST_ARGS)

@@ -44,6 +44,7 @@ __all__ = [
     "UpstreamError",
     "VersionNotFound",
     "code_of",
+    "public_reason",
 ]
 
 
@@ -125,3 +126,11 @@ def code_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, asyncio.CancelledError):
         return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.INTERNAL
+
+
+def public_reason(exc: BaseException, fallback: str) -> str:
+    """What a client may read about `exc`, e.g. as a model's reason for not loading: a
+    ServingError's message (written for the client), else `fallback`, a short phrase saying
+    what failed. Any other exception's text (a framework's internals, a server path) is for
+    the log, which the caller writes with the traceback."""
+    return exc.message if isinstance(exc, ServingError) else fallback

@@ -32,9 +32,8 @@ from serving.backend import Model, TrainResult, TrainSpec
 from serving.backend.architectures import get, signature_for
 from serving.engine.onnx_model import ONNX_FILE
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
-from tf_service.export import to_onnx, to_tflite
+from tf_service.export import TFLITE_FILE, TFLiteModel, to_onnx, to_tflite
 from tf_service.models import ARCHITECTURES
-from tf_service.tflite import TFLITE_FILE, TFLiteModel
 from tf_service.training import device_for, train
 
 __all__ = ["SAVEDMODEL_DIR", "TFBackend"]
@@ -167,7 +166,7 @@ class TFBackend:
         (BackendUnavailable if TensorFlow sees no such GPU)."""
         if intra_op_threads < 0 or inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0")
-        self.device = device  # the spelling the core's ONNX runtime reads
+        self.device = device
         self._tf_device = device_for(device)
         self._tflite_threads = intra_op_threads
         try:
@@ -183,6 +182,17 @@ class TFBackend:
                 tf.config.threading.get_intra_op_parallelism_threads(),
                 tf.config.threading.get_inter_op_parallelism_threads(),
             )
+
+    def device_stats(self) -> dict[str, float]:
+        """The GPU memory TensorFlow's allocator holds, now and at its peak, for the metrics
+        (`twinserve_device_*`); nothing on a CPU."""
+        if self._tf_device.startswith("/CPU"):
+            return {}
+        info = tf.config.experimental.get_memory_info(self._tf_device.lstrip("/"))
+        return {
+            "memory_allocated_bytes": float(info["current"]),
+            "memory_peak_bytes": float(info["peak"]),
+        }
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         """Trains on `spec.device` ("" is the service's) and writes `version_dir/model.savedmodel`.

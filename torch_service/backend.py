@@ -1,5 +1,6 @@
 """The PyTorch backend: trains the shared architectures and serves them in eager mode, or as
-TorchScript; it also exports ONNX, which the core runs (`torch_service.runtimes`).
+TorchScript; it also exports ONNX, which the core runs (`torch_service.export`). Training
+is `torch_service.training`.
 
 A version directory holds `weights.pt` (a bare CPU state_dict) and `torch_config.json` (which
 module to build, its constructor arguments and its tensor names). Loading rebuilds the module
@@ -29,13 +30,14 @@ from serving.backend import TrainResult, TrainSpec
 from serving.backend.architectures import get, signature_for
 from serving.engine.onnx_model import ONNX_FILE
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
-from torch_service.models import ARCHITECTURES, TrainableModule
-from torch_service.runtimes import (
+from torch_service.export import (
     TORCHSCRIPT_FILE,
     export_onnx,
     export_torchscript,
     load_torchscript,
 )
+from torch_service.models import ARCHITECTURES, TrainableModule
+from torch_service.training import fit
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TorchBackend", "TorchModel"]
 
@@ -97,12 +99,14 @@ class TorchBackend:
         if threads > 0:
             # Process-wide: every model in this service shares one intra-op pool.
             torch.set_num_threads(threads)
-        self.device = _check_device(device)
+        self._device = _check_device(device)
+        # The contract's spelling ("cpu", "cuda", "cuda:N"): str of a torch.device is the same.
+        self.device = str(self._device)
 
     def device_stats(self) -> dict[str, float]:
         """GPU memory (and utilisation where NVML answers) for the metrics
         (`twinserve_device_*`); nothing on a CPU."""
-        device = torch.device(self.device)
+        device = self._device
         if device.type != "cuda":
             return {}
         stats = {
@@ -120,11 +124,11 @@ class TorchBackend:
         An exception raised by `spec.on_epoch` stops training and propagates unchanged.
         """
         architecture = _architecture(spec.architecture, error=InvalidInput)
-        device = _check_device(spec.device) if spec.device else self.device
+        device = _check_device(spec.device) if spec.device else self._device
         kwargs = architecture.kwargs_for(spec.x.shape, spec.num_classes)
         module = architecture(**kwargs)
         started = time.perf_counter()
-        metrics = _fit(module, spec, device)
+        metrics = fit(module, spec, device)
         metrics["train_seconds"] = round(time.perf_counter() - started, 3)
         logger.info("trained %s on %s: %s", spec.architecture, device, metrics)
         _save(module.to("cpu"), spec, kwargs, version_dir)
@@ -142,14 +146,14 @@ class TorchBackend:
             )
         config = _read_config(version_dir)
         if runtime == "native":
-            module: nn.Module = _restore(version_dir, architecture, config, self.device)
+            module: nn.Module = _restore(version_dir, architecture, config, self._device)
         else:
             _check_architecture(version_dir, architecture, config)
-            module = load_torchscript(version_dir / TORCHSCRIPT_FILE, self.device)
+            module = load_torchscript(version_dir / TORCHSCRIPT_FILE, self._device)
         logger.debug(
             "loaded %s (%s) from %s on %s", architecture, runtime, version_dir, self.device
         )
-        return TorchModel(module, config["input_name"], config["output_name"], self.device)
+        return TorchModel(module, config["input_name"], config["output_name"], self._device)
 
     def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
         """Writes `model.torchscript.pt` or `model.onnx` from the version's weights, traced
@@ -233,78 +237,6 @@ def _restore(
             f"{version_dir / WEIGHTS_FILE} does not fit architecture '{architecture}'"
         ) from exc
     return module.to(device).eval()
-
-
-def _tensors(spec: TrainSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """x, y, x_val, y_val on `device`, copied so they never alias the caller's arrays."""
-    y_dtype = np.int64 if spec.task == "classification" else np.float32
-    arrays = (
-        np.asarray(spec.x, dtype=np.float32),
-        np.asarray(spec.y, dtype=y_dtype),
-        np.asarray(spec.x_val, dtype=np.float32),
-        np.asarray(spec.y_val, dtype=y_dtype),
-    )
-    return tuple(torch.tensor(a, device=device) for a in arrays)
-
-
-def _optimizer(spec: TrainSpec, module: nn.Module) -> torch.optim.Optimizer:
-    # The same update rules as TFBackend's: Keras's Adam epsilon (1e-7, torch's is 1e-8)
-    # and SGD with momentum 0.9.
-    if spec.optimizer == "adam":
-        return torch.optim.Adam(module.parameters(), lr=spec.learning_rate, eps=1e-7)
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(module.parameters(), lr=spec.learning_rate, momentum=0.9)
-    raise InvalidInput(f"unknown optimizer '{spec.optimizer}': use 'adam' or 'sgd'")
-
-
-def _fit(module: TrainableModule, spec: TrainSpec, device: torch.device) -> dict[str, float]:
-    """Trains `module` in place; returns the last epoch's metrics (EPOCH_METRICS)."""
-    x, y, x_val, y_val = _tensors(spec, device)
-    # A private generator rather than torch.manual_seed: the same seed gives bit-identical
-    # weights without touching the process-wide RNG that other threads may be using. It
-    # lives on the CPU, so a seed means the same initial weights and order on any device.
-    generator = torch.Generator().manual_seed(spec.seed)
-    module.reset_parameters(generator)
-    module.to(device)
-    module.fit_statistics(x, y)  # from the training rows only, so validation stays unseen
-    optimizer = _optimizer(spec, module)
-    target, val_target = module.target(y), module.target(y_val)
-    metrics: dict[str, float] = {}
-    for epoch in range(1, spec.epochs + 1):
-        loss = _epoch(module, optimizer, x, target, batch_size=spec.batch_size, generator=generator)
-        metrics = {"loss": loss}
-        if len(x_val):
-            with torch.no_grad():
-                val_loss = module.objective(module.forward_train(x_val), val_target)
-            metrics["val_loss"] = float(val_loss)
-            metrics["val_metric"] = module.metric(x_val, y_val)
-        if spec.on_epoch is not None:
-            spec.on_epoch(epoch, dict(metrics))
-    return metrics
-
-
-def _epoch(
-    module: TrainableModule,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    batch_size: int,
-    generator: torch.Generator,
-) -> float:
-    """One shuffled pass; returns the mean loss over rows, as Keras reports it."""
-    module.train()
-    total = torch.zeros((), device=x.device)
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    # torch.split and autograd.backward: the typed spellings of .split() and .backward().
-    for batch in torch.split(order, batch_size):
-        loss = module.objective(module.forward_train(x[batch]), target[batch])
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)
-        optimizer.step()
-        total += loss.detach() * len(batch)
-    module.eval()
-    return float(total) / len(x)
 
 
 def _save(model: nn.Module, spec: TrainSpec, kwargs: dict[str, int], version_dir: Path) -> None:

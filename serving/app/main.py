@@ -1,6 +1,7 @@
 """Command line of a framework service: `serve` (default) and `seed`.
 
-`tf_service/__main__.py` and `torch_service/__main__.py` call `run` with their backend.
+Each framework's `__main__` (tf_service, torch_service, onnx_service) calls `run` with its
+backend; one that does not train (`trains=False`) refuses Train and `seed`.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ def check_protobuf() -> None:
 
 
 def run(
-    make_backend: Callable[[ServiceSettings], Backend], prog: str, argv: Sequence[str] | None = None
+    make_backend: Callable[[ServiceSettings], Backend],
+    prog: str,
+    argv: Sequence[str] | None = None,
+    *,
+    trains: bool = True,
 ) -> None:
     args = _parse(argv, prog)
     overrides = {
@@ -81,7 +86,14 @@ def run(
         logger.error("cannot start: %s", exc.message)
         raise SystemExit(2) from None
     if args.command == "seed":
+        if not trains:
+            logger.error(
+                "cannot seed: the %s service does not train; seed the repository it serves "
+                "with a framework that does",
+                backend.framework,
+            )
+            raise SystemExit(2)
         if not seed_repository(ModelRepository(settings.model_repository), backend):
             logger.info("%s already has the seed model", settings.model_repository)
         return
-    asyncio.run(serve(settings, backend))
+    asyncio.run(serve(settings, backend, trains=trains))

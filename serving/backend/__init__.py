@@ -75,10 +75,24 @@ class TrainResult:
 
 
 class Backend(Protocol):
-    framework: str  # "tensorflow" or "pytorch": the value of the `framework` parameter
-    # Runtime name -> the protocol's platform name (model metadata), "native" first; e.g.
-    # {"native": "tensorflow_savedmodel", "tflite": "tensorflow_lite", "onnx": "onnxruntime_onnx"}.
+    """What the core drives. Every member is required: the core reads none of them
+    duck-typed, and the conformance suite (`tests/framework/conformance/`) runs every backend
+    through the same checks."""
+
+    framework: str  # e.g. "tensorflow": the value of the `framework` parameter
+    # The runtimes this backend registers: name -> the protocol's platform name (model
+    # metadata), "native" first; e.g. {"native": "tensorflow_savedmodel", "tflite":
+    # "tensorflow_lite", "onnx": "onnxruntime_onnx"}. The core knows no other list: a runtime
+    # a backend does not register is unknown to its service.
     runtimes: Mapping[str, str]
+    # Where models run, as the service's setting spells it ("cpu", "cuda", "cuda:N"). The
+    # core's ONNX runtime runs there too.
+    device: str
+
+    def device_stats(self) -> Mapping[str, float]:
+        """The device's gauges for the metrics (`twinserve_device_*`, e.g.
+        `memory_allocated_bytes`); empty where there is nothing to report (a CPU)."""
+        ...
 
     def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
         """Loads the files `train` (runtime "native") or `export` wrote into `version_dir`.

@@ -56,6 +56,7 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 class AffineBackend:
     runtimes: Mapping[str, str] = {"native": "numpy_affine", "onnx": "onnxruntime_onnx"}
+    device = "cpu"  # NumPy runs on the CPU only
 
     def __init__(
         self,
@@ -73,11 +74,17 @@ class AffineBackend:
         self.export_skew = export_skew
         self.closed = 0  # models closed so far: tests check that old versions are released
 
+    def device_stats(self) -> dict[str, float]:
+        return {}  # a CPU: nothing to report
+
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         if spec.architecture not in ("linear", "mlp"):
             raise InvalidInput(
                 f"the fake backend trains 'linear' and 'mlp', not '{spec.architecture}'"
             )
+        if spec.device not in ("", "cpu"):
+            raise InvalidInput(f"unsupported device '{spec.device}': the fake runs on 'cpu' only")
+        started = time.perf_counter()
         weights, bias = _fit(spec.x, spec.y)
         for epoch in range(1, spec.epochs + 1):
             if self.epoch_delay:
@@ -100,7 +107,8 @@ class AffineBackend:
         signature = signature_for(
             get(spec.architecture), spec.x, spec.input_name, spec.output_name, spec.num_classes
         )
-        return TrainResult(signature, {"loss": metrics["loss"]})
+        # The last epoch's metrics and the time taken, as the real backends report them.
+        return TrainResult(signature, {**metrics, "train_seconds": time.perf_counter() - started})
 
     def _read(self, version_dir: Path) -> dict[str, Any]:
         try:
@@ -108,8 +116,13 @@ class AffineBackend:
             raw["weights"] = np.asarray(raw["weights"], dtype=np.float64).reshape(-1, 1)
             raw["bias"] = float(raw["bias"])
             str(raw["input"]), str(raw["output"])
+        except FileNotFoundError as exc:
+            raise RepositoryError(f"cannot load the version: it has no {_FILE}") from exc
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RepositoryError(f"cannot load {version_dir}: {exc}") from exc
+            # The parser's own words stay in the log (the chained cause), not in the reason.
+            raise RepositoryError(
+                f"cannot load the version: {_FILE} is not an affine model"
+            ) from exc
         return raw
 
     def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
@@ -123,14 +136,15 @@ class AffineBackend:
         raw = self._read(version_dir)
         weights = raw["weights"].astype(np.float32)
         bias = np.array([raw["bias"] + self.export_skew], dtype=np.float32)
+        x, y = raw["input"], raw["output"]  # the signature's names, as the contract asks
         graph = helper.make_graph(
             [
-                helper.make_node("MatMul", ["x", "w"], ["xw"]),
-                helper.make_node("Add", ["xw", "b"], ["y"]),
+                helper.make_node("MatMul", [x, "w"], ["xw"]),
+                helper.make_node("Add", ["xw", "b"], [y]),
             ],
             "affine",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(weights)])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", len(weights)])],
+            [helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", 1])],
             initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

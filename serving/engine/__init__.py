@@ -1,5 +1,5 @@
 """The inference engine of a framework service: the model repository and its configuration
-(`repository`, `model_config`), loading and hot swap (`manager`, `loaded`, `runtimes`,
+(`repository`, `model_config`), loading and hot swap (`manager`, `loading`, `loaded`, `runtimes`,
 `onnx_model`), the protocol-neutral data plane with dynamic batching and statistics
 (`dataplane`, `batching`, `statistics`, `metrics`) and the OIP servicer that translates gRPC
 to it (`servicer`).

@@ -1,4 +1,4 @@
-"""A loaded model version: its runtimes, and when it may be closed.
+"""A loaded model version: its runtimes, and when it may be closed (`loading` makes one).
 
 A version in use by a request is never closed under it: requests hold a reference while they
 run, and a version retired by a swap or an unload is closed when the last one lets go.
@@ -7,10 +7,7 @@ run, and a version retired by a swap or an unload is closed when the last one le
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from serving.backend import Model
 from serving.engine.batching import Batcher
@@ -18,12 +15,9 @@ from serving.engine.model_config import BatchingConfig
 from serving.engine.repository import VersionMeta
 from serving.errors import InvalidInput, RuntimeUnavailable
 
-__all__ = ["RUNTIMES", "LoadedVersion", "warm_up"]
+__all__ = ["LoadedVersion"]
 
 logger = logging.getLogger(__name__)
-
-# Every runtime name the protocol parameter `runtime` may carry, across both frameworks.
-RUNTIMES = ("native", "tflite", "torchscript", "onnx")
 
 
 @dataclass(eq=False)
@@ -33,6 +27,9 @@ class LoadedVersion:
     meta: VersionMeta
     models: dict[str, Model]  # runtime -> model
     default_runtime: str
+    # Every runtime the service's backend registers (`Backend.runtimes`): the names a
+    # request may ask for, whether this version offers them or not.
+    registered: tuple[str, ...]
     # Runtime -> why it is not offered (refused export, failed load).
     unavailable: dict[str, str] = field(default_factory=dict)
     refs: int = 0  # guarded by the manager's lock
@@ -49,8 +46,11 @@ class LoadedVersion:
 
     def runtime(self, asked: str | None) -> tuple[str, Model]:
         chosen = asked or self.default_runtime
-        if chosen not in RUNTIMES:
-            raise InvalidInput(f"unknown runtime '{chosen}' (runtimes: {', '.join(RUNTIMES)})")
+        if chosen not in self.registered:
+            raise InvalidInput(
+                f"unknown runtime '{chosen}' (this service's runtimes: "
+                f"{', '.join(self.registered)})"
+            )
         model = self.models.get(chosen)
         if model is None:
             why = self.unavailable.get(chosen, f"{self.meta.framework} does not offer it")
@@ -61,39 +61,10 @@ class LoadedVersion:
         return chosen, model
 
     def platform(self, runtime: str | None = None) -> str:
-        chosen = runtime or self.default_runtime
-        info = self.meta.runtimes.get(chosen, {})
-        return str(info.get("platform", self.meta.platform))
+        record = self.meta.runtimes.get(runtime or self.default_runtime)
+        return self.meta.platform if record is None else record.platform
 
     def close(self) -> None:
         for model in self.models.values():
             model.close()
         logger.info("released %s version %d", self.name, self.version)
-
-
-_TIMED_CALLS = 10
-
-
-def warm_up(loaded: LoadedVersion) -> None:
-    """Batch-1 calls on every runtime before the version is offered, so the first request does
-    not pay for lazy setup (graph tracing, allocator growth); the calls after the first are
-    timed, which tells the data plane which runtimes are cheap enough to call inline."""
-    spec = loaded.meta.signature.inputs[0]
-    shape = tuple(1 if dim < 0 else dim for dim in spec.shape)
-    inputs = {spec.name: np.zeros(shape, dtype=np.float32)}
-    for runtime, model in loaded.models.items():
-        model.predict(inputs)
-        timings = []
-        for _ in range(_TIMED_CALLS):
-            started = time.perf_counter_ns()
-            model.predict(inputs)
-            timings.append(time.perf_counter_ns() - started)
-        # The fastest call is the model's own cost; slower ones measured a busy machine.
-        loaded.call_ns[runtime] = min(timings)
-        logger.debug(
-            "warmed %s v%d on %s: %.0f us a call",
-            loaded.name,
-            loaded.version,
-            runtime,
-            loaded.call_ns[runtime] / 1000,
-        )

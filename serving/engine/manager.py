@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from serving.backend import Backend, Model
-from serving.engine.loaded import RUNTIMES, LoadedVersion, warm_up
+from serving.backend import Backend
+from serving.engine.loaded import LoadedVersion
+from serving.engine.loading import load_version
 from serving.engine.model_config import ModelConfig, VersionPolicy
-from serving.engine.repository import ModelRepository, check_model_name
-from serving.engine.runtimes import load_runtime
+from serving.engine.repository import (
+    ModelRepository,
+    check_model_name,
+)
 from serving.errors import (
     InvalidInput,
     ModelNotFound,
@@ -25,6 +27,7 @@ from serving.errors import (
     RepositoryError,
     ServingError,
     VersionNotFound,
+    public_reason,
 )
 
 __all__ = ["LoadedVersion", "ModelManager", "ModelState"]
@@ -49,7 +52,12 @@ class _Entry:
 
 
 def _reason(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+    """The short reason clients see; the exception itself goes to the log."""
+    return public_reason(exc, "an unexpected error (details are in the service's log)")
+
+
+def _failures(failed: dict[int, str]) -> str:
+    return "; ".join(f"version {v} failed to load: {why}" for v, why in failed.items())
 
 
 class ModelManager:
@@ -140,7 +148,10 @@ class ModelManager:
                 rows.append((name, "", ModelState.UNAVAILABLE, "unloaded"))
                 continue
             versions = {v: (entry.state, entry.reason) for v in entry.versions}
-            versions |= {v: (ModelState.UNAVAILABLE, why) for v, why in entry.failed.items()}
+            versions |= {
+                v: (ModelState.UNAVAILABLE, f"failed to load: {why}")
+                for v, why in entry.failed.items()
+            }
             if not versions:
                 rows.append((name, "", entry.state, entry.reason))
             rows.extend((name, str(v), s, why) for v, (s, why) in sorted(versions.items()))
@@ -167,59 +178,6 @@ class ModelManager:
         return sorted(n for n, e in self._entries.items() if e.state is ModelState.READY)
 
     # ---- loading (blocking: run off the event loop) ----
-
-    def _load_version(self, name: str, version: int, config: ModelConfig) -> LoadedVersion:
-        started = time.perf_counter()
-        meta = self.repository.read_meta(name, version)
-        path = self.repository.path(name, version)
-        models: dict[str, Model] = {}
-        unavailable: dict[str, str] = {
-            runtime: f"its export was refused: {info.get('reason', 'unknown reason')}"
-            for runtime, info in meta.runtimes.items()
-            if info.get("status") == "refused"
-        }
-        try:
-            for runtime in meta.usable_runtimes():
-                if runtime not in self.backend.runtimes:
-                    continue
-                try:
-                    models[runtime] = load_runtime(
-                        self.backend, path, meta, runtime, threads=self.runtime_threads
-                    )
-                except ServingError as exc:
-                    if runtime == "native":
-                        raise
-                    logger.warning(
-                        "%s v%d: %s runtime failed to load: %s", name, version, runtime, exc.message
-                    )
-                    unavailable[runtime] = f"it failed to load: {exc.message}"
-            default = config.runtime if config.runtime in models else "native"
-            if default != config.runtime:
-                logger.warning(
-                    "%s v%d has no %s runtime (%s); serving native by default",
-                    name,
-                    version,
-                    config.runtime,
-                    unavailable.get(config.runtime, "not exported"),
-                )
-            loaded = LoadedVersion(
-                name,
-                version,
-                meta,
-                models,
-                default,
-                unavailable,
-                batching=config.batching,
-                max_batch_size=config.max_batch_size,
-            )
-            warm_up(loaded)
-            loaded.load_seconds = time.perf_counter() - started
-        except BaseException:
-            for model in models.values():
-                model.close()
-            raise
-        logger.info("loaded %s version %d (runtimes: %s)", name, version, ", ".join(models))
-        return loaded
 
     def policy(self, name: str) -> VersionPolicy:
         """The version policy `name` is served by (the configuration it was loaded with, not
@@ -260,10 +218,11 @@ class ModelManager:
             config = self.repository.read_config(name)
             on_disk = self.repository.versions(name)
             seen = self._fingerprint(name, on_disk, config)
-            if config.runtime not in RUNTIMES:
+            if config.runtime not in self.backend.runtimes:
                 raise RepositoryError(
                     f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
-                    f"configuration (runtimes: {', '.join(RUNTIMES)})"
+                    f"configuration ({self.backend.framework} runtimes: "
+                    f"{', '.join(self.backend.runtimes)})"
                 )
             wanted = self._policy(config).select(on_disk)
             if not wanted:
@@ -290,7 +249,14 @@ class ModelManager:
                 fresh[version] = old
                 continue
             try:
-                fresh[version] = self._load_version(name, version, config)
+                fresh[version] = load_version(
+                    self.repository,
+                    self.backend,
+                    name,
+                    version,
+                    config,
+                    threads=self.runtime_threads,
+                )
             except Exception as exc:
                 logger.exception("%s version %d failed to load", name, version)
                 failed[version] = _reason(exc)
@@ -300,16 +266,13 @@ class ModelManager:
                     self._entries[name] = _Entry(
                         ModelState.UNAVAILABLE,
                         {},
-                        "; ".join(f"version {v}: {why}" for v, why in failed.items()),
+                        _failures(failed),
                         failed,
                         seen,
                     )
                 elif current is not None:
                     current.failed, current.seen = failed, seen
-                raise RepositoryError(
-                    f"model '{name}' could not load: "
-                    + "; ".join(f"version {v}: {why}" for v, why in failed.items())
-                )
+                raise RepositoryError(f"model '{name}' did not load: {_failures(failed)}")
             self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen, config)
             retired = [old for v, old in keep.items() if fresh.get(v) is not old]
         self._retire(retired)

@@ -45,6 +45,30 @@ def onnx_providers(device: str) -> list[Any]:
     return [(_CUDA, {"device_id": int(match.group(1) or 0)}), "CPUExecutionProvider"]
 
 
+# ONNX Runtime's names of tensor element types (`NodeArg.type`) and their NumPy dtypes.
+_ELEMENT_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _dtype(element_type: str) -> np.dtype[Any]:
+    try:
+        return np.dtype(_ELEMENT_TYPES[element_type])
+    except KeyError:
+        raise RepositoryError(f"the ONNX model takes {element_type}, which is not served") from None
+
+
 class OnnxModel:
     def __init__(
         self,
@@ -64,13 +88,19 @@ class OnnxModel:
                 str(path), sess_options=options, providers=providers
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise RepositoryError(f"cannot load ONNX model {path}: {exc}") from exc
+            # Its words are for the log (the chained cause), not for clients.
+            raise RepositoryError(
+                f"cannot load ONNX model {path.name}: ONNX Runtime could not read it"
+            ) from exc
         if device != "cpu" and self._session.get_providers()[0] != _CUDA:
             raise BackendUnavailable(
                 f"ONNX Runtime could not start {_CUDA} on '{device}' for {path} "
                 "(it would have run on the CPU)"
             )
         graph_inputs = [i.name for i in self._session.get_inputs()]
+        # Each input is fed in its graph's element type (float32 for exports of float
+        # models; an integer or boolean input keeps its own), as the signature declares it.
+        self._dtypes = {i.name: _dtype(i.type) for i in self._session.get_inputs()}
         graph_outputs = [o.name for o in self._session.get_outputs()]
         if len(graph_inputs) != len(input_names) or len(graph_outputs) != len(output_names):
             raise RepositoryError(
@@ -86,7 +116,7 @@ class OnnxModel:
         if session is None:
             raise ModelNotReady("model has been unloaded")
         feed = {
-            graph: np.ascontiguousarray(inputs[name], dtype=np.float32)
+            graph: np.ascontiguousarray(inputs[name], dtype=self._dtypes[graph])
             for name, graph in self._inputs.items()
         }
         results = session.run(self._output_order, feed)

@@ -16,10 +16,11 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,62 @@ from serving.engine.model_config import CONFIG_FILE, ModelConfig
 from serving.errors import InvalidInput, ModelNotFound, RepositoryError, VersionNotFound
 from serving.types import Signature, TensorSpec
 
-__all__ = ["META_FILE", "ModelRepository", "StagedVersion", "VersionMeta"]
+__all__ = [
+    "META_FILE",
+    "ModelRepository",
+    "RuntimeRecord",
+    "RuntimeStatus",
+    "StagedVersion",
+    "VersionMeta",
+]
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "model.json"
 _STAGING = ".staging"  # under the root: versions being written (hidden: never a model name)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RuntimeStatus(StrEnum):
+    OK = "ok"  # native, or an export that matched it: served
+    REFUSED = "refused"  # an export that failed or disagreed: removed, never served
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeRecord:
+    """One runtime of a stored version, as `model.json` records it. `tolerance` and
+    `max_abs_diff` are an export's parity check (None for native, and `max_abs_diff` for an
+    export that never answered); `reason` says why one was refused."""
+
+    platform: str
+    status: RuntimeStatus = RuntimeStatus.OK
+    tolerance: float | None = None
+    max_abs_diff: float | None = None
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, without the fields that do not apply (the file format predates
+        this class: the same keys, absent rather than null)."""
+        raw: dict[str, Any] = {"platform": self.platform, "status": str(self.status)}
+        for key in ("tolerance", "max_abs_diff"):
+            if getattr(self, key) is not None:
+                raw[key] = getattr(self, key)
+        if self.reason:
+            raw["reason"] = self.reason
+        return raw
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RuntimeRecord:
+        def number(key: str) -> float | None:
+            return None if raw.get(key) is None else float(raw[key])
+
+        return cls(
+            platform=str(raw["platform"]),
+            status=RuntimeStatus(raw["status"]),
+            tolerance=number("tolerance"),
+            max_abs_diff=number("max_abs_diff"),
+            reason=str(raw.get("reason", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,21 +98,23 @@ class VersionMeta:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     created: str = ""
-    # Runtime -> {"status": "ok" | "refused", "platform", "max_abs_diff", "reason"}: which
-    # exports exist and how closely they matched the native model when they were made.
-    runtimes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Runtime -> its record: which exports exist and how closely they matched the native
+    # model when they were made.
+    runtimes: dict[str, RuntimeRecord] = field(default_factory=dict)
 
     def usable_runtimes(self) -> list[str]:
         """ "native" first, then every export that passed its parity check."""
         exported = [
             name
-            for name, info in self.runtimes.items()
-            if name != "native" and info.get("status") == "ok"
+            for name, record in self.runtimes.items()
+            if name != "native" and record.status is RuntimeStatus.OK
         ]
         return ["native", *sorted(exported)]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        raw = asdict(self)
+        raw["runtimes"] = {name: record.to_json() for name, record in self.runtimes.items()}
+        return json.dumps(raw, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> VersionMeta:
@@ -72,7 +124,11 @@ class VersionMeta:
             inputs=tuple(_spec(s) for s in sig["inputs"]),
             outputs=tuple(_spec(s) for s in sig["outputs"]),
         )
-        return cls(**{**raw, "signature": signature})
+        runtimes = {
+            str(name): RuntimeRecord.from_json(record)
+            for name, record in raw.get("runtimes", {}).items()
+        }
+        return cls(**{**raw, "signature": signature, "runtimes": runtimes})
 
 
 def _spec(raw: dict[str, Any]) -> TensorSpec:
@@ -127,8 +183,11 @@ class ModelRepository:
             raise VersionNotFound(f"model '{model}' has no version {version}")
         try:
             return VersionMeta.from_json(meta_path.read_text())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RepositoryError(f"{meta_path} is not valid version metadata: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # What the parser said is in the log (the chained cause); clients get the gist.
+            raise RepositoryError(
+                f"{META_FILE} of version {version} is not valid version metadata"
+            ) from exc
 
     @contextmanager
     def new_version(self, model: str) -> Iterator[StagedVersion]:
@@ -167,8 +226,7 @@ class ModelRepository:
 
 
 def _with_created(meta: VersionMeta) -> VersionMeta:
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    return VersionMeta(**{**asdict(meta), "signature": meta.signature, "created": now})
+    return replace(meta, created=datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 @dataclass(slots=True)

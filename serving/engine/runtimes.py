@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from serving.backend import Backend, Model
 from serving.engine.onnx_model import ONNX_FILE, OnnxModel
-from serving.engine.repository import VersionMeta
-from serving.errors import ServingError
+from serving.engine.repository import RuntimeRecord, RuntimeStatus, VersionMeta
+from serving.errors import ServingError, public_reason
 from serving.types import Signature
 
 __all__ = ["DEFAULT_TOLERANCE", "export_runtimes", "load_runtime"]
@@ -34,16 +33,9 @@ def load_runtime(
             [spec.name for spec in meta.signature.inputs],
             [spec.name for spec in meta.signature.outputs],
             threads=threads,
-            device=_device(backend),
+            device=backend.device,  # where the backend's own runtimes run
         )
     return backend.load(version_dir, meta.architecture, runtime)
-
-
-def _device(backend: Backend) -> str:
-    """The service's device, which ONNX runs on as the backend's own runtimes do. Backends
-    that place models expose `device` (a string, or a torch.device whose str is the same
-    spelling); the Backend protocol does not declare it yet, so one without is the CPU."""
-    return str(getattr(backend, "device", "cpu"))
 
 
 def _predict(model: Model, signature: Signature, probe: np.ndarray) -> np.ndarray:
@@ -58,12 +50,10 @@ def export_runtimes(
     probe: np.ndarray,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, RuntimeRecord]:
     """Exports every non-native runtime of `backend` into `version_dir` and checks each on
     `probe` inputs. An export that fails or disagrees is removed and recorded as refused."""
-    info: dict[str, dict[str, Any]] = {
-        "native": {"status": "ok", "platform": backend.runtimes["native"]}
-    }
+    records = {"native": RuntimeRecord(backend.runtimes["native"])}
     native = backend.load(version_dir, meta.architecture)
     try:
         reference = _predict(native, meta.signature, probe)
@@ -74,7 +64,7 @@ def export_runtimes(
         if runtime == "native":
             continue
         before = set(version_dir.iterdir())
-        entry: dict[str, Any] = {"platform": platform, "tolerance": limit}
+        diff: float | None = None
         try:
             backend.export(version_dir, meta.architecture, runtime)
             exported = load_runtime(backend, version_dir, meta, runtime)
@@ -87,19 +77,23 @@ def export_runtimes(
                     f"answers shape {list(answer.shape)}, native {list(reference.shape)}"
                 )
             diff = float(np.max(np.abs(answer - reference))) if reference.size else 0.0
-            entry["max_abs_diff"] = diff
             if not diff <= limit:  # also refuses NaN
                 raise ServingError(
                     f"differs from the native model by {diff:.3g} (tolerance {limit:.3g})"
                 )
-            entry["status"] = "ok"
+            records[runtime] = RuntimeRecord(platform, RuntimeStatus.OK, limit, diff)
         except Exception as exc:
-            reason = (
-                exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            # The record is shown to clients (a request for this runtime says why it is
+            # missing): a short reason there, the exception with its traceback in the log.
+            reason = public_reason(exc, "the export failed")
+            logger.warning(
+                "refusing the %s export of %s: %s",
+                runtime,
+                version_dir,
+                reason,
+                exc_info=not isinstance(exc, ServingError),  # ours say it all
             )
-            logger.warning("refusing the %s export of %s: %s", runtime, version_dir, reason)
-            entry |= {"status": "refused", "reason": reason}
+            records[runtime] = RuntimeRecord(platform, RuntimeStatus.REFUSED, limit, diff, reason)
             for path in set(version_dir.iterdir()) - before:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        info[runtime] = entry
-    return info
+    return records

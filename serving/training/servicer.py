@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 import grpc
 import numpy as np
 
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, Unsupported
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
 from serving.training.data import BuiltinData, CsvData, InlineData, TrainOrder
@@ -163,9 +163,10 @@ def _event(job: Job, event: JobEvent) -> tpb.TrainEvent:
 
 
 class TrainingServicer(tpb_grpc.TrainingServiceServicer):
-    def __init__(self, jobs: JobManager, framework: str) -> None:
+    def __init__(self, jobs: JobManager, framework: str, *, trains: bool = True) -> None:
         self.jobs = jobs
         self.framework = framework
+        self.trains = trains
 
     async def Train(
         self, request: tpb.TrainRequest, context: Context
@@ -174,6 +175,11 @@ class TrainingServicer(tpb_grpc.TrainingServiceServicer):
             raise InvalidInput(
                 f"this is the {self.framework} service; it cannot train for "
                 f"'{request.framework}' (send it through the gateway)"
+            )
+        if not self.trains:
+            raise Unsupported(
+                f"the {self.framework} service does not train: it serves models that other "
+                "frameworks' services trained; train with one of those"
             )
         job = await self.jobs.submit(order_from_pb(request))
         # If the client goes away this generator is cancelled; the job is not.

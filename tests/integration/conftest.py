@@ -50,18 +50,26 @@ class AioThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = WAIT_S) -> T:
         return self.submit(coro).result(timeout)
 
-    def start_service(self, repository: Path, backend: Backend, **settings: Any) -> Service:
+    def start_service(
+        self, repository: Path, backend: Backend, *, trains: bool = True, **settings: Any
+    ) -> Service:
         """A started framework service on a free port; the caller stops it."""
         service = self.run(
-            create_server(ServiceSettings(model_repository=repository, port=0, **settings), backend)
+            create_server(
+                ServiceSettings(model_repository=repository, port=0, **settings),
+                backend,
+                trains=trains,
+            )
         )
         self.run(service.start())
         return service
 
     @contextmanager
-    def service(self, repository: Path, backend: Backend, **settings: Any) -> Iterator[Service]:
+    def service(
+        self, repository: Path, backend: Backend, *, trains: bool = True, **settings: Any
+    ) -> Iterator[Service]:
         """A started framework service on a free port, stopped on exit."""
-        service = self.start_service(repository, backend, **settings)
+        service = self.start_service(repository, backend, trains=trains, **settings)
         try:
             yield service
         finally:

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = ("serving", "gateway", "devtools", "tf_service", "torch_service", "loadtest", "benchmarks")
+OURS = (
+    "serving",
+    "gateway",
+    "devtools",
+    "tf_service",
+    "torch_service",
+    "onnx_service",
+    "loadtest",
+    "benchmarks",
+)
 FOUNDATION = {"serving.errors", "serving.types", "serving.machine"}
 PROTOCOL = FOUNDATION | {"serving.protocol"}
 KIT = PROTOCOL | {"serving.rpc"}
@@ -38,6 +47,8 @@ ALLOWED: dict[str, set[str]] = {
     "devtools": KIT,
     "tf_service": CORE - {"serving.training"},
     "torch_service": CORE - {"serving.training"},
+    # ONNX Runtime only (it is no FRAMEWORK): it serves the others' exports without them.
+    "onnx_service": CORE - {"serving.training"},
     "loadtest": CORE | {"devtools"},
     "benchmarks": CORE | {"devtools", "loadtest"},
 }

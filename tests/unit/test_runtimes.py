@@ -3,6 +3,7 @@ removed and recorded."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from serving.backend import TrainSpec
 from serving.backend.fake import AffineBackend
 from serving.engine.onnx_model import ONNX_FILE
-from serving.engine.repository import VersionMeta
+from serving.engine.repository import RuntimeRecord, RuntimeStatus, VersionMeta
 from serving.engine.runtimes import export_runtimes, load_runtime
 from serving.errors import RepositoryError
 
@@ -47,11 +48,11 @@ def test_a_faithful_export_is_kept_with_its_difference(tmp_path: Path) -> None:
     backend = AffineBackend()
     meta = _trained(backend, tmp_path / "v")
     info = export_runtimes(backend, tmp_path / "v", meta, X)
-    assert info["native"] == {"status": "ok", "platform": "numpy_affine"}
+    assert info["native"] == RuntimeRecord("numpy_affine", RuntimeStatus.OK)
     onnx = info["onnx"]
-    assert (onnx["status"], onnx["platform"]) == ("ok", "onnxruntime_onnx")
-    assert 0 <= onnx["max_abs_diff"] <= 1e-3
-    assert onnx["tolerance"] == pytest.approx(1e-3 * 700.0)  # relative to the largest answer
+    assert (onnx.status, onnx.platform, onnx.reason) == (RuntimeStatus.OK, "onnxruntime_onnx", "")
+    assert onnx.max_abs_diff is not None and 0 <= onnx.max_abs_diff <= 1e-3
+    assert onnx.tolerance == pytest.approx(1e-3 * 700.0)  # relative to the largest answer
     assert _files(tmp_path / "v") == ["affine.json", ONNX_FILE]
     model = load_runtime(backend, tmp_path / "v", meta, "onnx")
     answer = model.predict({"size_sqft": np.array([[1800.0]], np.float32)})["price_k"]
@@ -63,9 +64,9 @@ def test_an_export_that_disagrees_is_refused_and_removed(tmp_path: Path) -> None
     meta = _trained(backend, tmp_path / "v")
     info = export_runtimes(backend, tmp_path / "v", meta, X)
     onnx = info["onnx"]
-    assert onnx["status"] == "refused"
-    assert onnx["max_abs_diff"] == pytest.approx(50.0, abs=1e-2)
-    assert "differs from the native model by 50" in onnx["reason"]
+    assert onnx.status is RuntimeStatus.REFUSED
+    assert onnx.max_abs_diff == pytest.approx(50.0, abs=1e-2)
+    assert "differs from the native model by 50" in onnx.reason
     assert _files(tmp_path / "v") == ["affine.json"]
 
 
@@ -73,7 +74,7 @@ def test_a_nan_export_is_refused(tmp_path: Path) -> None:
     backend = AffineBackend(export_skew=float("nan"))
     meta = _trained(backend, tmp_path / "v")
     info = export_runtimes(backend, tmp_path / "v", meta, X)
-    assert info["onnx"]["status"] == "refused"
+    assert info["onnx"].status is RuntimeStatus.REFUSED
     assert _files(tmp_path / "v") == ["affine.json"]
 
 
@@ -115,7 +116,7 @@ class _WrongShapeExport(AffineBackend):
 @pytest.mark.parametrize(
     ("backend", "fragment"),
     [
-        (_BrokenExport(), "RuntimeError: converter crashed"),
+        (_BrokenExport(), "the export failed"),
         (_TruncatedExport(), "cannot load ONNX model"),
         (_WrongShapeExport(), "answers shape [16, 2], native [16, 1]"),
     ],
@@ -126,11 +127,40 @@ def test_a_failed_export_is_refused_and_its_partial_files_removed(
     meta = _trained(backend, tmp_path / "v")
     (tmp_path / "v" / "notes.txt").write_text("written before the export: kept")
     info = export_runtimes(backend, tmp_path / "v", meta, X)
-    assert info["native"]["status"] == "ok"
-    assert info["onnx"]["status"] == "refused"
-    assert fragment in info["onnx"]["reason"]
-    assert "max_abs_diff" not in info["onnx"]
+    assert info["native"].status is RuntimeStatus.OK
+    assert info["onnx"].status is RuntimeStatus.REFUSED
+    assert fragment in info["onnx"].reason
+    assert info["onnx"].max_abs_diff is None
+    assert "max_abs_diff" not in info["onnx"].to_json()
     assert _files(tmp_path / "v") == ["affine.json", "notes.txt"]
+
+
+def test_a_crashed_export_reads_short_and_logs_the_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record is what clients are shown; the converter's own words go to the log."""
+    backend = _BrokenExport()
+    meta = _trained(backend, tmp_path / "v")
+    with caplog.at_level(logging.WARNING, logger="serving.engine.runtimes"):
+        info = export_runtimes(backend, tmp_path / "v", meta, X)
+    assert info["onnx"].reason == "the export failed"
+    (record,) = [r for r in caplog.records if "refusing the onnx export" in r.getMessage()]
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "converter crashed"
+
+
+def test_records_keep_the_file_format(tmp_path: Path) -> None:
+    """model.json keeps the keys it had before records were typed: absent, never null."""
+    refused = RuntimeRecord("onnxruntime_onnx", RuntimeStatus.REFUSED, 0.7, None, "why")
+    assert refused.to_json() == {
+        "platform": "onnxruntime_onnx",
+        "status": "refused",
+        "tolerance": 0.7,
+        "reason": "why",
+    }
+    assert RuntimeRecord.from_json(refused.to_json()) == refused
+    with pytest.raises(ValueError, match="'bogus' is not a valid RuntimeStatus"):
+        RuntimeRecord.from_json({"platform": "x", "status": "bogus"})
 
 
 def test_a_native_model_that_cannot_load_fails_the_export(tmp_path: Path) -> None:

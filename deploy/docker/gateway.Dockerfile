@@ -41,6 +41,8 @@ FROM deps AS build
 COPY pyproject.toml README.md ./
 COPY serving/ serving/
 COPY gateway/ gateway/
+# The `twinserve` client, for a prediction from inside the container.
+COPY devtools/ devtools/
 COPY --from=proto /src/serving/pb/ serving/pb/
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --prefix /opt/app .
 
@@ -52,7 +54,7 @@ COPY deploy/docker/healthcheck.py /opt/twinserve/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     TWINSERVE_GATEWAY_HOST=0.0.0.0 \
     TWINSERVE_GATEWAY_PORT=8001
-RUN python -c "import gateway.__main__, serving.pb.inference_pb2_grpc"
+RUN python -c "import gateway.__main__, devtools.cli, serving.pb.inference_pb2_grpc"
 USER 10001:10001
 WORKDIR /home/twinserve
 EXPOSE 8001

@@ -30,6 +30,8 @@ _EXPORT = "onnx"
 
 class OnnxBackend:
     framework = FRAMEWORK
+    triton_platform = "onnxruntime_onnx"
+    triton_backend = "onnxruntime"
     runtimes: Mapping[str, str] = MappingProxyType({"native": "onnxruntime_onnx"})
 
     def __init__(self, *, device: str = "cpu", threads: int = 0) -> None:

@@ -154,6 +154,8 @@ _EXPORTS: dict[str, tuple[str, Callable[[Any], bytes]]] = {
 
 class TFBackend:
     framework = "tensorflow"
+    triton_platform = "tensorflow_savedmodel"
+    triton_backend = "tensorflow"
     runtimes: Mapping[str, str] = MappingProxyType(
         {"native": "tensorflow_savedmodel", "tflite": "tensorflow_lite", "onnx": "onnxruntime_onnx"}
     )

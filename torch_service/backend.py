@@ -85,6 +85,9 @@ class TorchModel:
 
 class TorchBackend:
     framework = "pytorch"
+    # Triton's names for TorchScript; the eager native runtime answers for them here.
+    triton_platform = "pytorch_libtorch"
+    triton_backend = "pytorch"
     runtimes: Mapping[str, str] = MappingProxyType(
         {
             "native": "pytorch_eager",

@@ -85,6 +85,10 @@ class Backend(Protocol):
     # "tensorflow_lite", "onnx": "onnxruntime_onnx"}. The core knows no other list: a runtime
     # a backend does not register is unknown to its service.
     runtimes: Mapping[str, str]
+    # The `platform` and `backend` a Triton config.pbtxt gives for this service's models
+    # (e.g. "tensorflow_savedmodel" and "tensorflow"); a config naming others is refused.
+    triton_platform: str
+    triton_backend: str
     # Where models run, as the service's setting spells it ("cpu", "cuda", "cuda:N"). The
     # core's ONNX runtime runs there too.
     device: str

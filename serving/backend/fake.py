@@ -57,6 +57,8 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 class AffineBackend:
     runtimes: Mapping[str, str] = {"native": "numpy_affine", "onnx": "onnxruntime_onnx"}
     device = "cpu"  # NumPy runs on the CPU only
+    triton_platform = "numpy_affine"
+    triton_backend = "numpy"
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from serving.engine.loaded import LoadedVersion
 from serving.engine.model_config import ModelConfig
 from serving.engine.repository import ModelRepository, RuntimeStatus, VersionMeta
 from serving.engine.runtimes import load_runtime
+from serving.engine.triton_config import check_signature
 from serving.errors import RepositoryError, ServingError
 from serving.protocol.codec import zeros
 
@@ -47,6 +48,7 @@ def load_version(
     step = _READING
     try:
         meta = repository.read_meta(name, version)
+        check_signature(config, meta.signature, version)
         path = repository.path(name, version)
         label = f"{name} v{version}"
         unavailable = _load_runtimes(backend, path, meta, models, label=label, threads=threads)

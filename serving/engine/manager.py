@@ -20,6 +20,7 @@ from serving.engine.repository import (
     ModelRepository,
     check_model_name,
 )
+from serving.engine.triton_config import check_service
 from serving.errors import (
     InvalidInput,
     ModelNotFound,
@@ -181,10 +182,13 @@ class ModelManager:
 
     def policy(self, name: str) -> VersionPolicy:
         """The version policy `name` is served by (the configuration it was loaded with, not
-        whatever `config.json` says now), or latest N."""
+        whatever its configuration file says now), or latest N."""
+        return self._policy(self.config(name))
+
+    def config(self, name: str) -> ModelConfig:
+        """The configuration `name` was loaded with (defaults if none loaded yet)."""
         entry = self._entries.get(name)
-        config = entry.config if entry is not None else None
-        return self._policy(config or ModelConfig())
+        return (entry.config if entry is not None else None) or ModelConfig()
 
     def _policy(self, config: ModelConfig) -> VersionPolicy:
         return config.policy or VersionPolicy("latest", num_versions=self.latest)
@@ -224,6 +228,7 @@ class ModelManager:
                     f"configuration ({self.backend.framework} runtimes: "
                     f"{', '.join(self.backend.runtimes)})"
                 )
+            check_service(config, self.backend)
             wanted = self._policy(config).select(on_disk)
             if not wanted:
                 raise ModelNotFound(
@@ -243,6 +248,11 @@ class ModelManager:
                 old is not None
                 and old.batching == config.batching
                 and old.max_batch_size == config.max_batch_size
+                # Declared tensors were checked against this version by the load that made it.
+                and current is not None
+                and current.config is not None
+                and (current.config.inputs, current.config.outputs)
+                == (config.inputs, config.outputs)
                 and old.default_runtime
                 == (config.runtime if config.runtime in old.models else "native")
             ):

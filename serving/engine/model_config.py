@@ -14,19 +14,22 @@ largest batch. Dynamic batching, with Triton's names and meanings:
                           "default_queue_policy": {"max_queue_size": 256}}}
 
 A missing file means the service's defaults (latest N from settings, the native runtime, no
-batching).
+batching). A model may instead have Triton's `config.pbtxt` (`triton_config`), read into this
+same class; a model with both files is refused.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from serving.errors import RepositoryError
+from serving.types import TensorSpec
 
-__all__ = ["CONFIG_FILE", "BatchingConfig", "ModelConfig", "VersionPolicy"]
+__all__ = ["CONFIG_FILE", "BatchingConfig", "InstanceGroup", "ModelConfig", "VersionPolicy"]
 
 CONFIG_FILE = "config.json"
 _KEYS = ("version_policy", "runtime", "max_batch_size", "dynamic_batching")
@@ -62,11 +65,32 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    """Triton's `instance_group`: where the model runs (checked against the service's
+    device; `count` is logged, not honoured: one instance serves each version here)."""
+
+    kind: str = "KIND_AUTO"  # KIND_AUTO, KIND_GPU, KIND_CPU or KIND_MODEL
+    count: int = 0
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     policy: VersionPolicy | None = None  # None: the service's default (latest N)
     runtime: str = "native"
     batching: BatchingConfig | None = None  # None: every request runs on its own
     max_batch_size: int = 0  # rows a request may have (Triton's); 0: no bound
+    # Only from config.pbtxt: the file (for messages), what serves the model (checked
+    # against the service), the declared tensors (None: not declared; with max_batch_size
+    # > 0 their shapes leave out the batch dimension, Triton's meaning), where it runs and
+    # the user's parameters (returned by the ModelConfig RPC).
+    source: str = CONFIG_FILE
+    platform: str = ""
+    backend: str = ""
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    instance_groups: tuple[InstanceGroup, ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:
@@ -79,15 +103,21 @@ class ModelConfig:
             unknown = sorted(set(raw) - set(_KEYS))
             if unknown:
                 raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(_KEYS)})")
-            max_batch_size = _count(raw.get("max_batch_size", 0), "max_batch_size")
-            return cls(
-                policy=_policy(raw.get("version_policy")),
-                runtime=str(raw.get("runtime", "native")),
-                batching=_batching(max_batch_size, raw.get("dynamic_batching")),
-                max_batch_size=max_batch_size,
-            )
+            return cls.from_mapping(raw)
         except (ValueError, TypeError, AttributeError) as exc:
             raise RepositoryError(f"{path} is not a valid model configuration: {exc}") from exc
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> ModelConfig:
+        """The settings both files share, from `config.json`'s shape; ValueError (or
+        TypeError) saying which is wrong."""
+        max_batch_size = _count(raw.get("max_batch_size", 0), "max_batch_size")
+        return cls(
+            policy=_policy(raw.get("version_policy")),
+            runtime=str(raw.get("runtime", "native")),
+            batching=_batching(max_batch_size, raw.get("dynamic_batching")),
+            max_batch_size=max_batch_size,
+        )
 
 
 def _policy(raw: Any) -> VersionPolicy | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.engine.model_config import CONFIG_FILE, ModelConfig
+from serving.engine.triton_config import CONFIG_PBTXT, read_pbtxt
 from serving.errors import InvalidInput, ModelNotFound, RepositoryError, VersionNotFound
 from serving.types import Signature, TensorSpec
 
@@ -174,8 +175,18 @@ class ModelRepository:
         return self.root / check_model_name(model) / str(version)
 
     def read_config(self, model: str) -> ModelConfig:
-        """The model's `config.json` (version policy, default runtime), or the defaults."""
-        return ModelConfig.read(self.root / check_model_name(model) / CONFIG_FILE)
+        """The model's `config.json` or Triton's `config.pbtxt` (version policy, default
+        runtime, batching...), or the defaults. One layout per model: both is an error, not
+        a precedence to guess at."""
+        directory = self.root / check_model_name(model)
+        if (directory / CONFIG_PBTXT).is_file():
+            if (directory / CONFIG_FILE).is_file():
+                raise RepositoryError(
+                    f"model '{model}' has both {CONFIG_FILE} and {CONFIG_PBTXT}: "
+                    "keep one (they hold the same settings)"
+                )
+            return read_pbtxt(directory / CONFIG_PBTXT, model)
+        return ModelConfig.read(directory / CONFIG_FILE)
 
     def read_meta(self, model: str, version: int) -> VersionMeta:
         meta_path = self.path(model, version) / META_FILE

@@ -139,6 +139,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             backend=self.manager.backend.framework,
             version_policy=_policy_pb(self.manager.policy(loaded.name)),
         )
+        declared = self.manager.config(loaded.name)
+        for group in declared.instance_groups:
+            config.instance_group.add(
+                kind=pb.ModelInstanceGroup.Kind.Value(group.kind),
+                count=group.count,
+                gpus=group.gpus,
+            )
+        for key, value in declared.parameters:
+            config.parameters[key].string_value = value
         # Triton's convention: with max_batch_size > 0 the dims leave out the batch
         # dimension; with 0 they include it (-1).
         config.max_batch_size = loaded.max_batch_size

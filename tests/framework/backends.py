@@ -156,6 +156,8 @@ class _Recording:
         self.backend = backend
         self.framework = backend.framework
         self.runtimes = backend.runtimes
+        self.triton_platform = backend.triton_platform
+        self.triton_backend = backend.triton_backend
         self.device = backend.device
         self.files: dict[str, list[str]] = {}
         self.seconds: dict[str, float] = {}

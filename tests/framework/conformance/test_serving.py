@@ -4,17 +4,21 @@ the service keeps serving. `make test` runs TensorFlow's cases with oneDNN on an
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from serving.backend import Backend
+from serving.engine.triton_config import CONFIG_PBTXT
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from tests.framework.backends import (
+    FRAMEWORKS,
     SUBJECTS,
     Version,
     Versions,
@@ -131,3 +135,55 @@ def test_bad_inputs_are_invalid_argument_and_the_service_keeps_serving(
             assert name in (error.details() or ""), (runtime, wrong)
         answer = _answer(stub.ModelInfer(_request(model, name, "FP32", x, runtime), timeout=30))
         assert answer.shape[0] == 3
+
+
+def _declared(kind: str, specs: Iterator[tuple[str, str, tuple[int, ...]]]) -> str:
+    return "\n".join(
+        f'{kind} {{ name: "{name}" data_type: TYPE_{datatype} dims: {list(shape[1:])} }}'
+        for name, datatype, shape in specs
+    )
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_triton_config_pbtxt_naming_its_platform_is_served_with_batching(
+    aio: AioThread,
+    versions: Versions,
+    backend: Backend,
+    linear: Version,
+    tmp_path: Path,
+) -> None:
+    """Triton's own names for this service (`triton_platform`, `triton_backend`), the
+    version's tensors declared without the batch dimension, batching on: served as declared;
+    another service's platform keeps the model out."""
+    framework = backend.framework
+    shutil.copytree(versions.root(framework) / "linear", tmp_path / "linear")
+    signature = linear.meta.signature
+    config = "\n".join(
+        [
+            f'name: "linear"\nplatform: "{backend.triton_platform}"',
+            f'backend: "{backend.triton_backend}"\nmax_batch_size: 8',
+            _declared("input", ((s.name, s.datatype, s.shape) for s in signature.inputs)),
+            _declared("output", ((s.name, s.datatype, s.shape) for s in signature.outputs)),
+            "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+        ]
+    )
+    (tmp_path / "linear" / CONFIG_PBTXT).write_text(config)
+    shutil.copytree(tmp_path / "linear", tmp_path / "other")
+    other = config.replace("linear", "other").replace(backend.triton_platform, "tensorrt_plan")
+    (tmp_path / "other" / CONFIG_PBTXT).write_text(other)
+    x = dataset("linear").x_test[:8]
+    with (
+        aio.service(
+            tmp_path, backend, trains=SUBJECTS[framework].trains, repository_poll_s=0
+        ) as service,
+        grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+    ):
+        stub = Stub(channel)
+        answer = _answer(stub.ModelInfer(_request("linear", linear.spec.input_name, "FP32", x)))
+        served = stub.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelMetadata(pb.ModelMetadataRequest(name="other"))
+    np.testing.assert_allclose(answer, versions.reference(framework, linear, x), rtol=1e-3)
+    assert served.max_batch_size == 8 and served.HasField("dynamic_batching")
+    error: grpc.Call = refused.value  # type: ignore[assignment]
+    assert "other/config.pbtxt: platform 'tensorrt_plan'" in (error.details() or "")

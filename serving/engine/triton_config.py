@@ -1,0 +1,249 @@
+"""Triton's `<repository>/<model>/config.pbtxt`, read as Triton reads it: protobuf text format
+with Triton's field names into `inference.ModelConfig` (proto/inference.proto holds the
+fields below at Triton's own numbers), checked, and turned into the engine's `ModelConfig`.
+
+Honoured:
+
+    name                   must be the model's directory (or left out)
+    platform, backend      must be this service's (`Backend.triton_platform`, `triton_backend`)
+    runtime                twinserve's default runtime, as config.json's "runtime" (Triton's
+                           field 25, which the ModelConfig RPC already answers with)
+    version_policy         latest { num_versions } / all {} / specific { versions }
+    max_batch_size         the rows a request may have; with dynamic_batching the largest batch
+    dynamic_batching       preferred_batch_size, max_queue_delay_microseconds,
+                           default_queue_policy { max_queue_size }
+    input, output          name, data_type, dims: each version's signature must match them
+                           exactly; with max_batch_size > 0 the dims leave out the batch
+                           dimension (Triton's meaning). Left out: the signature's.
+    instance_group         kind and gpus checked against the service's device (KIND_GPU on a
+                           CPU service, KIND_CPU on a GPU one, other GPUs: that model fails)
+    parameters             returned by the ModelConfig RPC (twinserve's own keys are refused)
+
+Logged, not honoured: `instance_group.count` (one instance serves each version; concurrency is
+the service's setting). Refused when set, because nothing here acts on them yet:
+`default_model_filename`, `input.format`, `input.optional`, and dynamic_batching's
+`preserve_ordering`, priorities and queue timeouts. Every other Triton field (optimization,
+sequence_batching, ensemble_scheduling, model_warmup, ...) is not in the schema, so text format
+refuses it as an unknown field. Nothing is ignored silently.
+
+Every refusal is a RepositoryError naming the file: `<model>/config.pbtxt:LINE:COLUMN: ...` for
+what the parser refuses, `<model>/config.pbtxt: <field> ...` for the checks after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from serving.backend import Backend
+from serving.engine.model_config import InstanceGroup, ModelConfig
+from serving.errors import RepositoryError
+from serving.pb import inference_pb2 as pb
+from serving.protocol.names import (
+    CONFIG_ARCHITECTURE_PARAM,
+    CONFIG_RUNTIMES_PARAM,
+    FRAMEWORK_PARAM,
+)
+from serving.types import Signature, TensorSpec
+
+__all__ = ["CONFIG_PBTXT", "check_service", "check_signature", "read_pbtxt"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_PBTXT = "config.pbtxt"
+
+# Triton's TYPE_X -> the protocol's datatype (TYPE_STRING is BYTES).
+_DATATYPES = {
+    value: "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
+    for name, value in pb.DataType.items()
+    if value != pb.TYPE_INVALID
+}
+# Per message, the fields acted on; any other one that is set is refused (a field added to
+# the schema is refused until it is honoured here).
+_TOP = {
+    *("name", "platform", "backend", "runtime", "version_policy", "max_batch_size"),
+    *("input", "output", "dynamic_batching", "instance_group", "parameters"),
+}
+_BATCHING = {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy"}
+_TENSOR = {"name", "data_type", "dims"}
+_OURS = {CONFIG_ARCHITECTURE_PARAM, CONFIG_RUNTIMES_PARAM, FRAMEWORK_PARAM}
+
+
+def read_pbtxt(path: Path, model: str) -> ModelConfig:
+    """`model`'s config.pbtxt at `path`; RepositoryError naming the file, line and field."""
+    source = f"{model}/{CONFIG_PBTXT}"
+    message = pb.ModelConfig()
+    try:
+        text_format.Parse(path.read_text(), message)
+    except text_format.ParseError as exc:
+        # Its text starts "LINE:COLUMN : " where it knows them.
+        where, _, what = str(exc).partition(" : ")
+        detail = f"{where}: {what}" if what else f" {where}"
+        raise RepositoryError(f"{source}:{detail}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{source} could not be read") from exc
+    try:
+        return _convert(message, model, source)
+    except (ValueError, TypeError) as exc:
+        raise RepositoryError(f"{source}: {exc}") from exc
+
+
+def _refuse_unsupported(message: Message, honoured: set[str], where: str) -> None:
+    for field, _ in message.ListFields():
+        if field.name not in honoured:
+            raise ValueError(f"{where}{field.name} is not supported yet (remove it)")
+
+
+def _convert(message: pb.ModelConfig, model: str, source: str) -> ModelConfig:
+    _refuse_unsupported(message, _TOP, "")
+    if message.name and message.name != model:
+        raise ValueError(f"name '{message.name}' is not the model's directory '{model}'")
+    raw: dict[str, Any] = {"max_batch_size": message.max_batch_size}
+    if message.runtime:
+        raw["runtime"] = message.runtime
+    if message.HasField("version_policy"):
+        raw["version_policy"] = _policy(message.version_policy)
+    if message.HasField("dynamic_batching"):
+        raw["dynamic_batching"] = _batching(message.dynamic_batching)
+    parameters = tuple(sorted((k, v.string_value) for k, v in message.parameters.items()))
+    for key, _ in parameters:
+        if key in _OURS:
+            raise ValueError(f"parameters '{key}' is twinserve's own (the service sets it)")
+    return replace(
+        ModelConfig.from_mapping(raw),
+        source=source,
+        platform=message.platform,
+        backend=message.backend,
+        inputs=_tensors(message.input, "input"),
+        outputs=_tensors(message.output, "output"),
+        instance_groups=tuple(_group(g, i) for i, g in enumerate(message.instance_group)),
+        parameters=parameters,
+    )
+
+
+def _policy(policy: pb.ModelVersionPolicy) -> dict[str, Any]:
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "latest":
+        return {"latest": {"num_versions": policy.latest.num_versions}}
+    if choice == "specific":
+        return {"specific": {"versions": list(policy.specific.versions)}}
+    if choice == "all":
+        return {"all": {}}
+    raise ValueError("version_policy must set one of latest, all, specific")
+
+
+def _batching(batching: pb.ModelDynamicBatching) -> dict[str, Any]:
+    _refuse_unsupported(batching, _BATCHING, "dynamic_batching.")
+    queue = batching.default_queue_policy
+    _refuse_unsupported(queue, {"max_queue_size"}, "dynamic_batching.default_queue_policy.")
+    return {
+        "preferred_batch_size": list(batching.preferred_batch_size),
+        "max_queue_delay_microseconds": batching.max_queue_delay_microseconds,
+        "default_queue_policy": {"max_queue_size": queue.max_queue_size},
+    }
+
+
+def _tensors(
+    declared: Iterable[pb.ModelInput | pb.ModelOutput], kind: str
+) -> tuple[TensorSpec, ...] | None:
+    specs: list[TensorSpec] = []
+    for index, tensor in enumerate(declared):
+        where = f"{kind}[{index}]"
+        _refuse_unsupported(tensor, _TENSOR, f"{where}.")
+        if not tensor.name:
+            raise ValueError(f"{where}.name is missing")
+        if any(spec.name == tensor.name for spec in specs):
+            raise ValueError(f"{where}.name '{tensor.name}' is declared twice")
+        datatype = _DATATYPES.get(tensor.data_type)
+        if datatype is None:
+            raise ValueError(f"{where}.data_type must be a TYPE_ other than TYPE_INVALID")
+        if any(dim < -1 for dim in tensor.dims):
+            raise ValueError(f"{where}.dims {list(tensor.dims)}: a dim is -1 or a size")
+        specs.append(TensorSpec(tensor.name, datatype, tuple(tensor.dims)))
+    return tuple(specs) or None
+
+
+def _group(group: pb.ModelInstanceGroup, index: int) -> InstanceGroup:
+    where = f"instance_group[{index}]"
+    if group.kind not in pb.ModelInstanceGroup.Kind.values():
+        raise ValueError(f"{where}.kind {group.kind} is not a Triton instance kind")
+    if group.count < 0 or any(gpu < 0 for gpu in group.gpus):
+        raise ValueError(f"{where}: count and gpus cannot be negative")
+    kind = pb.ModelInstanceGroup.Kind.Name(group.kind)
+    return InstanceGroup(kind, group.count, tuple(group.gpus))
+
+
+def check_service(config: ModelConfig, backend: Backend) -> None:
+    """RepositoryError if the configuration asks for another service or another device."""
+    for field, asked, served in (
+        ("platform", config.platform, backend.triton_platform),
+        ("backend", config.backend, backend.triton_backend),
+    ):
+        if asked and asked != served:
+            raise RepositoryError(
+                f"{config.source}: {field} '{asked}' is not this service's "
+                f"(the {backend.framework} service serves {field} '{served}')"
+            )
+    device = backend.device
+    on_gpu = device.startswith("cuda")
+    for index, group in enumerate(config.instance_groups):
+        where = f"{config.source}: instance_group[{index}]"
+        if group.kind == "KIND_GPU" and not on_gpu:
+            raise RepositoryError(f"{where}.kind KIND_GPU, but this service runs on the CPU")
+        if group.kind == "KIND_CPU" and on_gpu:
+            raise RepositoryError(f"{where}.kind KIND_CPU, but this service runs on '{device}'")
+        index_here = int(device.partition(":")[2] or 0) if on_gpu else None
+        if group.gpus and set(group.gpus) != {index_here}:
+            raise RepositoryError(
+                f"{where}.gpus {list(group.gpus)}, but this service runs on '{device}'"
+            )
+        if group.count > 1:
+            logger.warning(
+                "%s.count %d is not honoured: one instance serves each version "
+                "(concurrency is the service's setting)",
+                where,
+                group.count,
+            )
+
+
+def check_signature(config: ModelConfig, signature: Signature, version: int) -> None:
+    """RepositoryError if the declared inputs or outputs are not the version's own."""
+    batched = config.max_batch_size > 0
+    for kind, declared, actual in (
+        ("input", config.inputs, signature.inputs),
+        ("output", config.outputs, signature.outputs),
+    ):
+        if declared is None:
+            continue
+        where = f"{config.source}: {kind}"
+        names = sorted(spec.name for spec in actual)
+        if sorted(spec.name for spec in declared) != names:
+            raise RepositoryError(
+                f"{where} names {sorted(s.name for s in declared)}, but version {version} "
+                f"has {names}"
+            )
+        for spec in declared:
+            real = next(s for s in actual if s.name == spec.name)
+            if spec.datatype != real.datatype:
+                raise RepositoryError(
+                    f"{where} '{spec.name}' data_type {spec.datatype}, but version "
+                    f"{version} takes {real.datatype}"
+                )
+            shape = real.shape
+            if batched and (not shape or shape[0] != -1):
+                raise RepositoryError(
+                    f"{where} '{spec.name}': max_batch_size > 0, but version {version} has "
+                    f"no batch dimension (shape {list(shape)})"
+                )
+            if (shape[1:] if batched else shape) != spec.shape:
+                note = " (with max_batch_size > 0, dims leave out the batch dimension)"
+                raise RepositoryError(
+                    f"{where} '{spec.name}' dims {list(spec.shape)}, but version {version} "
+                    f"has shape {list(shape)}{note if batched else ''}"
+                )

@@ -110,6 +110,9 @@ class _Watching(AffineBackend):
         self.states: list[JobState] = []
         self.hold: threading.Event | None = None
         self.entered = threading.Event()
+        # Set: a run of more than one epoch waits here after its first epoch is reported, so
+        # a test can act between two epochs however fast the fake trains.
+        self.between_epochs: threading.Event | None = None
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         self.entered.set()
@@ -122,6 +125,8 @@ class _Watching(AffineBackend):
             if self.job is not None and spec.x is self.job.plan.x:
                 self.states.append(self.job.state)
             on_epoch(epoch, metrics)
+            if epoch == 1 and spec.epochs > 1 and self.between_epochs is not None:
+                assert self.between_epochs.wait(WAIT_S)
 
         return super().train(replace(spec, on_epoch=watched), version_dir)
 
@@ -247,6 +252,7 @@ def test_an_ended_job_lets_go_of_its_training_data(tmp_path: Path, ending: str) 
     backend = _Watching()
     jobs = _manager(tmp_path, backend)
     rows = np.arange(20_000, dtype=np.float32).reshape(-1, 1)
+    gate = backend.between_epochs = threading.Event() if ending == "cancelled" else None
 
     async def scenario() -> tuple[Job, list[weakref.ref[np.ndarray]]]:
         backend.hold = threading.Event()
@@ -266,6 +272,10 @@ def test_an_ended_job_lets_go_of_its_training_data(tmp_path: Path, ending: str) 
             while (await anext(follower)).kind != "progress":
                 pass
             jobs.cancel(job.id)
+            # Only now may the second epoch start (and see the cancel): a fast run finished
+            # all three epochs between the progress event and the cancel.
+            assert gate is not None
+            gate.set()
         [_ async for _ in jobs.follow(first)]
         [_ async for _ in jobs.follow(job)]
         return job, refs

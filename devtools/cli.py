@@ -1,7 +1,9 @@
 """`twinserve`: predict, train and inspect jobs through the gateway (or any service).
 
-twinserve predict 1800 --framework pytorch
-twinserve compare 1800 [--target tensorflow/onnx --target pytorch]
+twinserve predict 1800 --framework pytorch           (house_price's shorthand)
+twinserve predict MODEL --input ids='[[1,2,3]]' --input features=@f.npy [--output-dir out]
+twinserve predict MODEL [--batch 4 --seed 1 | --zeros]   (inputs made from the metadata)
+twinserve compare 1800 | MODEL [...] [--target tensorflow/onnx --target pytorch]
 twinserve train --model digits --architecture cnn --dataset digits --framework tensorflow
 twinserve jobs
 twinserve job pytorch-0123abcd4567 --watch | --cancel
@@ -19,19 +21,29 @@ from typing import TextIO
 import grpc
 import numpy as np
 
+from devtools.inputs import (
+    InputError,
+    generate,
+    given,
+    infer_request,
+    model_and_values,
+    specs,
+)
+from devtools.outputs import print_answer, print_comparison
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
 from serving.pb.twinserve.v1 import compare_pb2 as cpb
 from serving.pb.twinserve.v1 import compare_pb2_grpc as cpb_grpc
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 from serving.pb.twinserve.v1 import training_pb2_grpc as tpb_grpc
-from serving.protocol.codec import decode_tensor
 from serving.protocol.names import FRAMEWORK_HEADER, FRAMEWORK_PARAM
 from serving.rpc.security import BearerTokenClient
+from serving.types import TensorSpec
 
 __all__ = ["main"]
 
 _BAR = 30
+SHORTHAND_MODEL = "house_price"  # the seed model: `twinserve predict 1800`
 
 
 def connect(url: str, *, tls_ca: Path | None = None, token: str | None = None) -> grpc.Channel:
@@ -45,48 +57,56 @@ def connect(url: str, *, tls_ca: Path | None = None, token: str | None = None) -
     return grpc.intercept_channel(channel, BearerTokenClient(token)) if token else channel
 
 
-def predict(
-    url: str,
-    model: str,
-    values: list[float],
-    framework: str | None,
-    timeout: float,
-    *,
-    tls_ca: Path | None = None,
-    token: str | None = None,
-) -> tuple[pb.ModelInferResponse, np.ndarray]:
-    metadata = ((FRAMEWORK_HEADER, framework),) if framework else None
-    with connect(url, tls_ca=tls_ca, token=token) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        meta = stub.ModelMetadata(
-            pb.ModelMetadataRequest(name=model), timeout=timeout, metadata=metadata
-        )
-        spec = meta.inputs[0]
-        request = pb.ModelInferRequest(model_name=model)
+def _metadata(framework: str | None) -> tuple[tuple[str, str], ...] | None:
+    return ((FRAMEWORK_HEADER, framework),) if framework else None
+
+
+def model_inputs(
+    channel: grpc.Channel, model: str, framework: str | None, timeout: float
+) -> list[TensorSpec]:
+    """The model's inputs (ModelMetadata, from `framework` if given)."""
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelMetadataRequest(name=model)
+    return specs(stub.ModelMetadata(request, timeout=timeout, metadata=_metadata(framework)))
+
+
+def build_request(
+    args: argparse.Namespace, channel: grpc.Channel, framework: str | None
+) -> tuple[pb.ModelInferRequest, list[float] | None]:
+    """The request `predict`/`compare` send, and the shorthand's values (None otherwise):
+    values go to the first input as FP32 rows (house_price's [-1, 1]); `--input`s are checked
+    against the metadata; with neither, inputs are generated from it."""
+    model, values = model_and_values(args.words, args.model, SHORTHAND_MODEL)
+    inputs = model_inputs(channel, model, framework, args.timeout)
+    if values:
+        if args.inputs:
+            raise InputError("give input values or --input NAME=VALUE, not both")
+        shorthand = TensorSpec(inputs[0].name, "FP32", (-1, 1))
         data = np.asarray(values, dtype=np.float32).reshape(-1, 1)
-        request.inputs.add(name=spec.name, datatype="FP32", shape=data.shape)
-        request.raw_input_contents.append(data.tobytes())
-        if framework:
-            request.parameters[FRAMEWORK_PARAM].string_param = framework
-        response = stub.ModelInfer(request, timeout=timeout)
-    output = response.outputs[0]
-    result = decode_tensor(
-        output.name, output.datatype, output.shape, response.raw_output_contents[0]
-    )
-    return response, result
+        return infer_request(model, [shorthand], {shorthand.name: data}), values
+    if args.inputs:
+        arrays = given(inputs, args.inputs)
+    else:
+        arrays = generate(inputs, batch=args.batch, seed=args.seed, zero=args.zeros)
+        made = ", ".join(f"{n} {list(a.shape)}" for n, a in arrays.items())
+        kind = "zeros" if args.zeros else f"seed {args.seed}"
+        print(f"generated inputs ({kind}): {made}", file=sys.stderr)
+    return infer_request(model, inputs, arrays), None
+
+
+def predict(
+    channel: grpc.Channel, request: pb.ModelInferRequest, framework: str | None, timeout: float
+) -> pb.ModelInferResponse:
+    if framework:
+        request.parameters[FRAMEWORK_PARAM].string_param = framework
+    return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=timeout)
 
 
 def compare(
-    channel: grpc.Channel, model: str, values: list[float], targets: Sequence[str], timeout: float
+    channel: grpc.Channel, request: pb.ModelInferRequest, targets: Sequence[str], timeout: float
 ) -> cpb.CompareResponse:
     """Asks the gateway for every target's answer to one request (targets "framework" or
     "framework/runtime"; none: every framework at its default runtime)."""
-    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-    spec = stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=timeout).inputs[0]
-    request = pb.ModelInferRequest(model_name=model)
-    data = np.asarray(values, dtype=np.float32).reshape(-1, 1)
-    request.inputs.add(name=spec.name, datatype="FP32", shape=data.shape)
-    request.raw_input_contents.append(data.tobytes())
     wanted = [target.partition("/") for target in targets]
     return cpb_grpc.ComparisonServiceStub(channel).Compare(
         cpb.CompareRequest(
@@ -95,29 +115,6 @@ def compare(
         ),
         timeout=timeout,
     )
-
-
-def print_comparison(answer: cpb.CompareResponse, values: list[float], out: TextIO) -> int:
-    """Each target's answers, then the differences; 1 if a target failed."""
-    names = [f"{r.target.framework}/{r.target.runtime or 'default'}" for r in answer.results]
-    width = max((len(name) for name in names), default=0)
-    for name, result in zip(names, answer.results, strict=True):
-        if result.status.code:
-            print(f"{name:<{width}}  {result.status.name}: {result.status.message}", file=out)
-            continue
-        head = f"{name:<{width}}  v{result.model_version}  {result.latency_ms:7.1f} ms"
-        for output in result.outputs:
-            rows = np.asarray(output.values).reshape(len(values), -1)
-            for value, row in zip(values, rows, strict=True):
-                shown = ", ".join(f"{x:.2f}" for x in row)
-                print(f"{head}  {output.name}: {value:g} -> {shown}", file=out)
-    for gap in answer.differences:
-        size = f"{gap.max_abs_diff:.4g}" if gap.HasField("max_abs_diff") else gap.note
-        print(
-            f"max abs difference {names[gap.first]} vs {names[gap.second]} ({gap.output}): {size}",
-            file=out,
-        )
-    return 1 if any(result.status.code for result in answer.results) else 0
 
 
 def _train_request(args: argparse.Namespace) -> tpb.TrainRequest:
@@ -213,15 +210,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("predict", help="predict with a model")
-    p.add_argument("values", nargs="+", type=float, help="input values (house sizes in sq ft)")
-    p.add_argument("--model", default="house_price")
-    p.add_argument("--framework", help=_FRAMEWORK_HELP)
-    p.add_argument("--timeout", type=float, default=10.0)
+    tensors = argparse.ArgumentParser(add_help=False)
+    tensors.add_argument(
+        "words",
+        nargs="*",
+        metavar="WORD",
+        help="[MODEL] [VALUE ...]: the model (default: --model, else house_price), then "
+        "house-price shorthand values, FP32 rows of the first input (a numeric model name "
+        "needs --model)",
+    )
+    tensors.add_argument("--model", help="the model, as the first word")
+    tensors.add_argument(
+        "-i",
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an input as inline JSON, @file.npy (its dtype must be the input's) or "
+        "@file.json, repeatable; none: inputs generated from the model's metadata",
+    )
+    tensors.add_argument(
+        "--batch", type=int, default=1, help="generated inputs: size of a variable first dim"
+    )
+    tensors.add_argument(
+        "--seed", type=int, default=0, help="generated inputs: random values from this seed"
+    )
+    tensors.add_argument("--zeros", action="store_true", help="generated inputs: all zeros")
+    tensors.add_argument("--timeout", type=float, default=10.0)
 
-    c = commands.add_parser("compare", help="one prediction from several frameworks, compared")
-    c.add_argument("values", nargs="+", type=float, help="input values (house sizes in sq ft)")
-    c.add_argument("--model", default="house_price")
+    p = commands.add_parser("predict", parents=[tensors], help="predict with a model")
+    p.add_argument("--framework", help=_FRAMEWORK_HELP)
+    p.add_argument("--output-dir", type=Path, help="write each output as <dir>/<output name>.npy")
+
+    c = commands.add_parser(
+        "compare", parents=[tensors], help="one prediction from several frameworks, compared"
+    )
     c.add_argument(
         "--target",
         dest="targets",
@@ -229,7 +253,6 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="framework or framework/runtime, repeatable (default: every framework)",
     )
-    c.add_argument("--timeout", type=float, default=10.0)
 
     t = commands.add_parser("train", help="train a new model version and follow it")
     t.add_argument("--model", required=True)
@@ -272,25 +295,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, channel: grpc.Channel) -> int:
     training = tpb_grpc.TrainingServiceStub(channel)
     if args.command == "predict":
-        response, result = predict(
-            args.url,
-            args.model,
-            args.values,
-            args.framework,
-            args.timeout,
-            tls_ca=args.tls_ca,
-            token=args.token,
-        )
-        served_by = response.parameters[FRAMEWORK_PARAM].string_param or "?"
-        for value, answer in zip(args.values, result.ravel(), strict=True):
-            print(
-                f"{response.model_name} v{response.model_version} ({served_by}): "
-                f"{value:g} -> {answer:.2f}"
-            )
+        infer, values = build_request(args, channel, args.framework)
+        response = predict(channel, infer, args.framework, args.timeout)
+        print_answer(response, values, args.output_dir, sys.stdout)
         return 0
     if args.command == "compare":
-        answer = compare(channel, args.model, args.values, args.targets, args.timeout)
-        return print_comparison(answer, args.values, sys.stdout)
+        # The metadata comes from the first target's framework: the model may live there only.
+        first = args.targets[0].partition("/")[0] if args.targets else None
+        infer, values = build_request(args, channel, first)
+        answer = compare(channel, infer, args.targets, args.timeout)
+        return print_comparison(answer, values, sys.stdout)
     if args.command == "train":
         return follow(training.Train(_train_request(args)), sys.stdout)
     if args.command == "jobs":
@@ -315,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         status = 1
+    except InputError as exc:
+        # A usage error (argparse's status too): the input, what the model takes, what was given.
+        print(f"error: {exc}", file=sys.stderr)
+        status = 2
     except KeyboardInterrupt:
         # Training jobs keep running on the service; `twinserve job ID --watch` re-attaches.
         print("\ninterrupted (a training job keeps running; see `twinserve jobs`)", file=sys.stderr)

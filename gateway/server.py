@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2
 from prometheus_client import CollectorRegistry
 
 from gateway.compare import ComparisonServicer
+from gateway.locations import ModelLocations
 from gateway.metrics import GatewayCollector
 from gateway.policy import PolicyFile, describe
 from gateway.pool import RetryBudget
@@ -47,6 +48,10 @@ __all__ = ["Gateway", "create_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
+# The longest a request for a model found nowhere waits for a fresh look at the services
+# before it is routed as before (a service that does not answer its index is not waited on).
+MISS_WAIT_S = 1.0
+
 COMPARISON_SERVICE_NAME = cpb.DESCRIPTOR.services_by_name["ComparisonService"].full_name
 
 
@@ -59,6 +64,7 @@ class Gateway:
     interval: float
     drain: Drain
     router: Router | None = None
+    locations: ModelLocations | None = None
     shadow: Shadow | None = None
     policy_file: PolicyFile | None = None
     routing_poll_s: float = 1.0
@@ -68,12 +74,15 @@ class Gateway:
     metrics_server: MetricsServer | None = field(default=None, init=False)
     _watcher: asyncio.Task[None] | None = field(default=None, init=False)
     _policy_watcher: asyncio.Task[None] | None = field(default=None, init=False)
+    _locations_watcher: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         await self.server.start()
         if self.registry is not None and self.metrics_address is not None:
             self.metrics_server = MetricsServer(self.registry, *self.metrics_address)
         self._watcher = asyncio.create_task(watch(self.upstreams, self.interval, self._set_health))
+        if self.locations is not None:
+            self._locations_watcher = asyncio.create_task(self.locations.watch(self.interval))
         if self.policy_file is not None and self.router is not None:
             self._policy_watcher = asyncio.create_task(
                 self.policy_file.watch(self.routing_poll_s, self.router.apply)
@@ -89,7 +98,7 @@ class Gateway:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        for task in (self._watcher, self._policy_watcher):
+        for task in (self._watcher, self._policy_watcher, self._locations_watcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -102,6 +111,8 @@ class Gateway:
         await self.drain.stop(self.server, deadline)
         if self.shadow is not None:
             await self.shadow.close()
+        if self.locations is not None:
+            await self.locations.close()
         for upstream in self.upstreams:
             await upstream.close()
         if self.metrics_server is not None:
@@ -156,9 +167,16 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         )
         for framework, url in urls.items()
     }
-    # The first health round (and DNS lookup): the gateway starts knowing its replicas.
+    # The first health round (and DNS lookup): the gateway starts knowing its replicas, and
+    # then where its models are.
     await asyncio.gather(*(u.refresh(settings.health_interval_s) for u in upstreams.values()))
-    router = Router(list(upstreams), settings.default(), settings.model_frameworks)
+    locations = ModelLocations(
+        upstreams,
+        timeout=min(settings.health_interval_s, settings.upstream_timeout_s),
+        miss_wait_s=min(MISS_WAIT_S, settings.health_interval_s),
+    )
+    await locations.refresh()
+    router = Router(list(upstreams), settings.default(), settings.model_frameworks, locations)
     router.apply(policies)
     shadow = Shadow(
         upstreams, limit=settings.shadow_max_in_flight, timeout=settings.shadow_timeout_s
@@ -207,6 +225,7 @@ async def create_server(settings: GatewaySettings) -> Gateway:
         settings.health_interval_s,
         drain,
         router=router,
+        locations=locations,
         shadow=shadow,
         policy_file=policy_file,
         routing_poll_s=settings.routing_poll_s,

@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from gateway.index import index_with_frameworks
 from gateway.routing import FRAMEWORK_PARAM, Router
 from gateway.shadow import Shadow
 from gateway.statistics import merge_statistics, statistics_frameworks
@@ -52,8 +53,11 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         remaining = context.time_remaining()
         return self.timeout if remaining is None else max(0.0, min(self.timeout, remaining))
 
-    def _pick(self, model: str, context: Context) -> Upstream:
-        return self.upstreams[self.router.choose(model, _metadata(context))]
+    async def _pick(self, model: str, context: Context) -> Upstream:
+        framework = await self.router.choose(
+            model, _metadata(context), wait_s=self._deadline(context)
+        )
+        return self.upstreams[framework]
 
     async def _infer(
         self, request: pb.ModelInferRequest, metadata: dict[str, str], timeout: float
@@ -63,10 +67,16 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
             for key, value in request.parameters.items()
             if key == FRAMEWORK_PARAM
         }
-        route = self.router.route(request.model_name, metadata, params, request.id)
+        deadline = time.monotonic() + timeout
+        # Finding where a model lives may take a look at the services (a miss): within the
+        # call's deadline, which the call itself then gets the rest of.
+        route = await self.router.route(
+            request.model_name, metadata, params, request.id, wait_s=timeout
+        )
         upstream = self.upstreams[route.framework]
         started = time.perf_counter()
-        response = await upstream.call(upstream.stub.ModelInfer, request, timeout)
+        remaining = max(0.0, deadline - time.monotonic())
+        response = await upstream.call(upstream.stub.ModelInfer, request, remaining)
         if route.shadow is not None and self.shadow is not None:
             latency_ms = (time.perf_counter() - started) * 1000.0
             self.shadow.mirror(request, response, route.framework, route.shadow, latency_ms)
@@ -99,19 +109,19 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: Context
     ) -> pb.ModelReadyResponse:
-        upstream = self._pick(request.name, context)
+        upstream = await self._pick(request.name, context)
         return await upstream.call(upstream.stub.ModelReady, request, self._deadline(context))
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context
     ) -> pb.ModelMetadataResponse:
-        upstream = self._pick(request.name, context)
+        upstream = await self._pick(request.name, context)
         return await upstream.call(upstream.stub.ModelMetadata, request, self._deadline(context))
 
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
-        upstream = self._pick(request.name, context)
+        upstream = await self._pick(request.name, context)
         return await upstream.call(upstream.stub.ModelConfig, request, self._deadline(context))
 
     async def ModelStatistics(
@@ -121,15 +131,16 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         `gateway.statistics`); a framework whose services all fail to answer is left out
         unless every framework fails."""
         metadata = _metadata(context)
-        frameworks = statistics_frameworks(
-            request.name,
-            self.router.explicit(metadata),
-            self.router.policy(request.name),
-            self.router.default,
-            self.upstreams,
+        explicit = self.router.explicit(metadata)
+        policy = self.router.policy(request.name)
+        located = (
+            await self.router.located(request.name, self._deadline(context))
+            if explicit is None and policy is None and request.name
+            else self.router.default
         )
+        frameworks = statistics_frameworks(request.name, explicit, policy, located, self.upstreams)
         if not frameworks:  # none of the model's frameworks has a service here
-            frameworks = [self.router.choose(request.name, metadata)]  # raises why
+            frameworks = [await self.router.choose(request.name, metadata)]  # raises why
         timeout = self._deadline(context)
         targets = [self.upstreams[self.router.check(f)] for f in frameworks]
         results = await asyncio.gather(
@@ -177,10 +188,7 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         answers = await asyncio.gather(
             *(u.call(u.stub.RepositoryIndex, request, timeout) for u in targets)
         )
-        merged = pb.RepositoryIndexResponse()
-        for answer in answers:
-            merged.models.extend(answer.models)
-        return merged
+        return index_with_frameworks(zip((u.framework for u in targets), answers, strict=True))
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
@@ -188,6 +196,7 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._on_each(
             self._targets(context, request.parameters), "RepositoryModelLoad", request, context
         )
+        await self._relocate(context)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
@@ -196,7 +205,14 @@ class GatewayServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._on_each(
             self._targets(context, request.parameters), "RepositoryModelUnload", request, context
         )
+        await self._relocate(context)
         return pb.RepositoryModelUnloadResponse()
+
+    async def _relocate(self, context: Context) -> None:
+        """After a load or unload through the gateway, where models live is looked at again
+        before the answer, so the caller's next request is routed by the new state."""
+        if self.router.locations is not None:
+            await self.router.locations.renew(self._deadline(context))
 
     async def _on_each(
         self, targets: list[Upstream], method: str, request: Any, context: Context

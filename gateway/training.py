@@ -49,7 +49,9 @@ class GatewayTrainingServicer(tpb_grpc.TrainingServiceServicer):
         self, request: tpb.TrainRequest, context: Context
     ) -> AsyncIterator[tpb.TrainEvent]:
         named = {FRAMEWORK_PARAM: request.framework} if request.framework else None
-        framework = self.router.choose(request.model_name, _metadata(context), named)
+        # By where the model is known to live, without a fresh look on a miss: a model that
+        # is nowhere yet is what training usually makes.
+        framework = await self.router.choose(request.model_name, _metadata(context), named)
         forwarded = tpb.TrainRequest()
         forwarded.CopyFrom(request)
         forwarded.framework = framework

@@ -19,6 +19,7 @@ from gateway.methods import InferenceMethods, Policy, ServerStream, TrainingMeth
 from gateway.pool import ReplicaPool, RetryBudget
 from gateway.replica import Replica
 from serving.errors import ResourceExhausted, ServingError, UpstreamError
+from serving.pb import inference_pb2 as pb
 from serving.pb.twinserve.v1 import training_pb2 as tpb
 
 __all__ = ["Upstream", "watch"]
@@ -36,6 +37,8 @@ MAX_ATTEMPTS = 3
 RETRY_ON = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 # How long finding a job's replica may take when the caller set no deadline.
 JOB_LOOKUP_S = 10.0
+# The state of a loaded model version in a RepositoryIndex answer (Triton's).
+READY = "READY"
 
 
 class Upstream:
@@ -235,6 +238,33 @@ class Upstream:
     async def probe(self, timeout: float) -> bool:
         """Checks every replica's health now; True if any is healthy."""
         return await self.pool.check(timeout)
+
+    async def ready_models(self, timeout: float) -> frozenset[str] | None:
+        """The models any healthy replica has ready (RepositoryIndex), asked of each at once
+        and outside the call counters and retry budget, as a health check is; None when none
+        answered. Unhealthy replicas are not asked: one that drains must go quiet to stop."""
+        request = pb.RepositoryIndexRequest(ready=True)
+        replicas = [replica for replica in self.replicas if replica.healthy]
+        answers = await asyncio.gather(
+            *(r.stub.RepositoryIndex(request, timeout=timeout) for r in replicas),
+            return_exceptions=True,
+        )
+        ready: set[str] = set()
+        answered = False
+        for replica, answer in zip(replicas, answers, strict=True):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                logger.debug(
+                    "%s replica %s: no index (%s)",
+                    self.framework,
+                    replica.address,
+                    answer.code().name,
+                )
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                answered = True
+                ready.update(m.name for m in answer.models if m.state == READY)
+        return frozenset(ready) if answered else None
 
     async def refresh(self, timeout: float) -> bool:
         """Looks the URL's DNS names up again, then checks every replica's health."""

@@ -35,7 +35,8 @@ EXTENSIONS = (
 
 # twinserve's request and response parameters: which framework service a request is routed to
 # (and answered by), and which of its runtimes ran it ("native", "onnx", ...). The framework
-# is also a ModelConfig parameter (who serves the model).
+# is also a ModelConfig parameter (who serves the model), and through the gateway it starts
+# each RepositoryIndex entry's reason: `framework=<name>` (see gateway/index.py).
 FRAMEWORK_PARAM = "framework"
 RUNTIME_PARAM = "runtime"
 

@@ -309,6 +309,17 @@ def test_gateway_routes_a_stream_by_request_parameter(gateway_client: Client) ->
         assert _framework_of(result) == result.get_response().id
 
 
+def test_gateway_repository_index_names_each_models_frameworks(gateway_client: Client) -> None:
+    # One entry per (model, version, framework), the framework at the start of the reason.
+    index = gateway_client.get_model_repository_index()
+    serving = {
+        m.reason.split("; ")[0] for m in index.models if (m.name, m.state) == (MODEL, "READY")
+    }
+    assert serving == {"framework=tensorflow", "framework=pytorch", "framework=onnx"}
+    as_json = gateway_client.get_model_repository_index(as_json=True)
+    assert {m["reason"] for m in as_json["models"] if m["name"] == MODEL} >= serving
+
+
 def test_gateway_rejects_conflicting_choices(gateway_client: Client) -> None:
     with pytest.raises(InferenceServerException) as caught:
         gateway_client.infer(

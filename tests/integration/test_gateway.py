@@ -180,22 +180,29 @@ def test_per_model_default_framework(aio, stack: Stack) -> None:
         # An explicit choice still wins over the model's default.
         response = stub.ModelInfer(price_request(1800.0), metadata=TENSORFLOW)
         assert prices(response) == OK([TF_PRICE], abs=1e-3)
-        # Other models keep the overall default (tensorflow, which lacks this one).
-        code, details = rpc_error(stub.ModelInfer, price_request(1.0, model=TORCH_ONLY))
+        # A model without a rule that only pytorch serves goes there, not to the default.
+        response = stub.ModelInfer(price_request(1.0, model=TORCH_ONLY))
+        assert _framework(response) == "pytorch"
+        # One that nobody serves is the default's NOT_FOUND, naming it.
+        code, details = rpc_error(stub.ModelInfer, price_request(1.0, model="nope"))
         assert code is grpc.StatusCode.NOT_FOUND
-        assert f"'{TORCH_ONLY}'" in details
+        assert "'nope'" in details
 
 
 def test_model_calls_are_routed_by_metadata(stub: Stub) -> None:
     metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=TORCH_ONLY), metadata=PYTORCH)
     assert metadata.name == TORCH_ONLY
     assert [t.name for t in metadata.inputs] == [HOUSE_PRICE_INPUT]
-    code, _ = rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name=TORCH_ONLY))
+    # Asked of tensorflow, which lacks it: NOT_FOUND (without a framework it is found where
+    # it lives: test_gateway_locations.py).
+    code, _ = rpc_error(
+        stub.ModelMetadata, pb.ModelMetadataRequest(name=TORCH_ONLY), metadata=TENSORFLOW
+    )
     assert code is grpc.StatusCode.NOT_FOUND
 
     ready = pb.ModelReadyRequest(name=TORCH_ONLY)
     assert stub.ModelReady(ready, metadata=PYTORCH).ready is True
-    assert stub.ModelReady(ready).ready is False
+    assert stub.ModelReady(ready, metadata=TENSORFLOW).ready is False
 
     config = pb.ModelConfigRequest(name=SEED_MODEL)
     assert stub.ModelConfig(config, metadata=PYTORCH).config.backend == "pytorch"
@@ -208,13 +215,13 @@ def test_model_calls_are_routed_by_metadata(stub: Stub) -> None:
 
 def test_repository_index_merges_both_services(stub: Stub) -> None:
     index = stub.RepositoryIndex(pb.RepositoryIndexRequest())
-    assert sorted((m.name, m.version, m.state) for m in index.models) == [
-        (SEED_MODEL, "1", "READY"),
-        (SEED_MODEL, "1", "READY"),
-        (TORCH_ONLY, "1", "READY"),
+    assert [(m.name, m.version, m.state, m.reason) for m in index.models] == [
+        (SEED_MODEL, "1", "READY", "framework=tensorflow"),
+        (SEED_MODEL, "1", "READY", "framework=pytorch"),
+        (TORCH_ONLY, "1", "READY", "framework=pytorch"),
     ]
     only_tf = stub.RepositoryIndex(pb.RepositoryIndexRequest(), metadata=TENSORFLOW)
-    assert [m.name for m in only_tf.models] == [SEED_MODEL]
+    assert [(m.name, m.reason) for m in only_tf.models] == [(SEED_MODEL, "framework=tensorflow")]
 
 
 # ---- upstream errors pass through ----

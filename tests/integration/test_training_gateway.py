@@ -129,8 +129,15 @@ def test_train_is_routed(
 def test_model_trained_through_the_gateway_is_served_by_its_framework(stack: Stack) -> None:
     stack.train(train_request("served", line(2, 3), framework="pytorch"))
     assert predict(stack.stub, "served", [[4.0]], metadata=PYTORCH) == ("1", OK([11.0], abs=1e-4))
-    # The default framework (tensorflow) has no such model.
-    code, details = rpc_error(stack.stub.ModelMetadata, pb.ModelMetadataRequest(name="served"))
+    # Only pytorch has it, so a call without a framework is found there (the gateway looks
+    # again on a miss); asked of tensorflow, it is NOT_FOUND.
+    meta = stack.stub.ModelMetadata(pb.ModelMetadataRequest(name="served"), timeout=10)
+    assert (meta.name, list(meta.versions)) == ("served", ["1"])
+    config = stack.stub.ModelConfig(pb.ModelConfigRequest(name="served"), timeout=10).config
+    assert config.parameters["framework"].string_value == "pytorch"
+    code, details = rpc_error(
+        stack.stub.ModelMetadata, pb.ModelMetadataRequest(name="served"), metadata=TENSORFLOW
+    )
     assert code == grpc.StatusCode.NOT_FOUND
     assert "served" in details
 

@@ -3,6 +3,7 @@ servers."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
@@ -68,24 +69,24 @@ def test_zero_weight_is_never_picked() -> None:
 def test_router_routes() -> None:
     router = Router(BOTH, "tensorflow", {"d": "pytorch"})
     router.apply(parse_policies('{"s": {"serve": "tensorflow", "shadow": "pytorch"}}'))
-    assert router.route("d", {}) == Route("pytorch")
-    assert router.route("x", {}) == Route("tensorflow")
-    assert router.route("s", {}) == Route("tensorflow", "pytorch")
-    assert router.route("s", {"x-framework": "pytorch"}) == Route("pytorch")
+    assert asyncio.run(router.route("d", {})) == Route("pytorch")
+    assert asyncio.run(router.route("x", {})) == Route("tensorflow")
+    assert asyncio.run(router.route("s", {})) == Route("tensorflow", "pytorch")
+    assert asyncio.run(router.route("s", {"x-framework": "pytorch"})) == Route("pytorch")
     # A new file replaces the file's policies; the settings' stay underneath.
     router.apply({})
-    assert router.route("s", {}) == Route("tensorflow")
-    assert router.route("d", {}) == Route("pytorch")
+    assert asyncio.run(router.route("s", {})) == Route("tensorflow")
+    assert asyncio.run(router.route("d", {})) == Route("pytorch")
 
 
 def test_router_refuses_a_framework_it_is_not_configured_with() -> None:
     router = Router(("tensorflow", "onnx"), "tensorflow", {})
-    assert router.route("s", {"x-framework": "onnx"}) == Route("onnx")
+    assert asyncio.run(router.route("s", {"x-framework": "onnx"})) == Route("onnx")
     for asked in ("pytorch", "jax"):
         with pytest.raises(InvalidInput, match=f"'{asked}'.*serves 'onnx', 'tensorflow'"):
-            router.route("s", {"x-framework": asked})
+            asyncio.run(router.route("s", {"x-framework": asked}))
         with pytest.raises(InvalidInput, match=f"'{asked}'"):
-            router.choose("s", {}, {"framework": asked})
+            asyncio.run(router.choose("s", {}, {"framework": asked}))
 
 
 @pytest.mark.parametrize(
@@ -111,9 +112,9 @@ def test_a_third_framework_in_every_kind_of_policy() -> None:
     )
     router = Router(frameworks, "pytorch", {})
     router.apply(policies)
-    assert router.route("a", {}) == Route("onnx")
-    assert router.route("b", {}, request_id="x") == Route("onnx")
-    assert router.route("c", {}) == Route("tensorflow", "onnx")
+    assert asyncio.run(router.route("a", {})) == Route("onnx")
+    assert asyncio.run(router.route("b", {}, request_id="x")) == Route("onnx")
+    assert asyncio.run(router.route("c", {})) == Route("tensorflow", "onnx")
 
 
 def _out(*values: float, datatype: str = "FP32") -> Output:

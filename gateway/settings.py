@@ -120,17 +120,20 @@ class GatewaySettings(BaseSettings):
     def urls(self) -> dict[str, str]:
         """Framework name -> addresses, of every framework with a service (the legacy
         settings first, so they keep their order and stay the default's first choice)."""
-        legacy = {"tensorflow": self.tensorflow_url, "pytorch": self.pytorch_url}
-        merged = {name: url for name, url in legacy.items() if url} | self.frameworks
+        merged = {name: url for name, url in self._legacy_urls().items() if url} | self.frameworks
         return {name: url for name, url in merged.items() if url}
 
     def default(self) -> str:
         """The framework of a request that names none and whose model has no policy."""
         return self.default_framework or next(iter(self.urls()), "")
 
+    def _legacy_urls(self) -> dict[str, str]:
+        # The per-framework settings from before `frameworks`, under the names they meant.
+        return {"tensorflow": self.tensorflow_url, "pytorch": self.pytorch_url}
+
     @model_validator(mode="after")
     def _check_frameworks(self) -> Self:
-        legacy = {"tensorflow": self.tensorflow_url, "pytorch": self.pytorch_url}
+        legacy = self._legacy_urls()
         for name, url in self.frameworks.items():
             if not _NAME.fullmatch(name):
                 raise ValueError(

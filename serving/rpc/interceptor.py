@@ -83,6 +83,10 @@ def _wrap_unary(behavior: UnaryBehavior, method: str, hooks: Hooks) -> UnaryBeha
             raise
         except Exception as exc:
             call.code, call.message = status_of(exc, method)
+            # Finished before the abort: it sends the status before it raises, and a client
+            # that reads the metrics once it has its error must find the call counted.
+            _finish(call, hooks, begun)
+            begun = 0
             await context.abort(call.code, call.message)
         finally:
             _finish(call, hooks, begun)
@@ -113,6 +117,10 @@ def _wrap_stream(
             raise
         except Exception as exc:
             call.code, call.message = status_of(exc, method)
+            # Finished before the abort: it sends the status before it raises, and a client
+            # that reads the metrics once it has its error must find the call counted.
+            _finish(call, hooks, begun)
+            begun = 0
             await context.abort(call.code, call.message)
         finally:
             _finish(call, hooks, begun)

@@ -25,7 +25,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRAMEWORKS_FILE", "Framework", "frameworks", "gateway_frameworks"]
+__all__ = [
+    "FRAMEWORKS_FILE",
+    "Framework",
+    "frameworks",
+    "gateway_frameworks",
+    "is_model_repository",
+    "repository_of",
+]
 
 FRAMEWORKS_FILE = Path(__file__).with_name("frameworks.json")
 
@@ -83,3 +90,25 @@ def frameworks(path: Path = FRAMEWORKS_FILE) -> dict[str, Framework]:
 def gateway_frameworks(addresses: Mapping[str, str]) -> dict[str, str]:
     """The gateway's environment naming these services: TWINSERVE_GATEWAY_FRAMEWORKS."""
     return {"TWINSERVE_GATEWAY_FRAMEWORKS": json.dumps(dict(addresses))}
+
+
+def is_model_repository(models: Path) -> bool:
+    """Whether `models` is itself a model repository (Triton's layout: `<model>/config.pbtxt`
+    or `<model>/<version>/`), which every service then serves, rather than the root of one
+    repository per framework (`models/tensorflow`, `models/pytorch`) that `make run` seeds."""
+    if not models.is_dir():
+        return False
+    for model in models.iterdir():
+        if not model.is_dir() or model.name.startswith("."):
+            continue
+        if (model / "config.pbtxt").is_file() or (model / "config.json").is_file():
+            return True
+        if any(entry.is_dir() and entry.name.isdecimal() for entry in model.iterdir()):
+            return True
+    return False
+
+
+def repository_of(models: Path, framework: Framework) -> Path:
+    """The repository `framework`'s service serves: `models` itself when it is a model
+    repository (one for every service, as Triton serves one), else its own under `models`."""
+    return models if is_model_repository(models) else models / framework.repository

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from serving.backend import Model, TrainResult, TrainSpec
+from serving.backend import Model, ModelFile, TrainResult, TrainSpec
 from serving.engine.onnx_model import ONNX_FILE, OnnxModel, onnx_providers
 from serving.engine.repository import META_FILE, RuntimeStatus, VersionMeta
 from serving.errors import InvalidInput, RepositoryError, Unsupported
+from serving.types import Signature
 
 __all__ = ["FRAMEWORK", "OnnxBackend"]
 
@@ -72,6 +73,12 @@ class OnnxBackend:
         logger.debug("loaded %s (%s export) on %s", version_dir, meta.framework, self.device)
         return model
 
+    def describe(self, path: Path) -> Signature | None:
+        raise Unsupported(_CORE_RUNS_ONNX)  # its platform is ONNX's: the core reads those
+
+    def load_file(self, model: ModelFile) -> Model:
+        raise Unsupported(_CORE_RUNS_ONNX)
+
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:
         raise Unsupported(_NO_TRAINING)
 
@@ -79,6 +86,7 @@ class OnnxBackend:
         raise Unsupported(f"the {FRAMEWORK} backend exports nothing: it serves ONNX exports")
 
 
+_CORE_RUNS_ONNX = "the core runs users' ONNX files itself (serving.engine.user_models)"
 _NO_TRAINING = (
     f"the {FRAMEWORK} service does not train: it serves the ONNX exports of models another "
     "framework's service trained; train there (through the gateway: its framework name)"

@@ -109,6 +109,7 @@ async def create_server(
         backend,
         latest=settings.latest_versions,
         runtime_threads=settings.framework_threads,
+        default_max_batch_size=settings.default_max_batch_size,
     )
     registry = new_registry()
     await asyncio.to_thread(manager.load_all)

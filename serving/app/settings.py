@@ -27,6 +27,11 @@ class ServiceSettings(BaseSettings):
     # Seconds between scans of the repository for new or removed models and versions
     # (a version copied in by hand is picked up); 0 turns polling off.
     repository_poll_s: float = Field(default=5.0, ge=0)
+    # Triton's default-max-batch-size: a model whose configuration is auto-completed from its
+    # file (no config.pbtxt, or one without inputs and outputs) and whose every input and
+    # output has a dynamic first dimension gets this max_batch_size and a dynamic batcher;
+    # 0 leaves such models unbatched (their dims keep the batch dimension).
+    default_max_batch_size: int = Field(default=4, ge=0)
     # Threads that run framework calls (and batches in flight per batched model).
     inference_threads: int = Field(default=2, ge=1)
     # Framework calls that warm-up measured at or under this many microseconds (batch 1), for

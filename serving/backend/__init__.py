@@ -16,7 +16,7 @@ import numpy as np
 
 from serving.types import Signature
 
-__all__ = ["EPOCH_METRICS", "Backend", "Model", "TrainResult", "TrainSpec"]
+__all__ = ["EPOCH_METRICS", "Backend", "Model", "ModelFile", "TrainResult", "TrainSpec"]
 
 
 class Model(Protocol):
@@ -26,6 +26,25 @@ class Model(Protocol):
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A model the user brought in Triton's layout (`<model>/<version>/model.savedmodel`,
+    `model.pt`, or `default_model_filename`), as the core resolved it from `config.pbtxt`
+    or auto-completed it from the file (`Backend.describe`).
+
+    `signature` is what the model is served by: names, datatypes and full shapes (-1 is any
+    size; with Triton's `max_batch_size` > 0 the core has put the batch dimension, -1, first).
+    The model's `predict` gets every input of the signature, by name, in the NumPy dtype
+    `serving.protocol.codec` decodes its datatype to: BOOL `bool`, INTn/UINTn, FP16, FP32,
+    FP64 as themselves, BF16 widened to float32 (cast it to bfloat16 inside), BYTES an object
+    array of `bytes`. Arrays may be read-only views of the request. It returns at least every
+    output of the signature, by name, in any dtype that converts to its datatype (BF16 as
+    float32 or bfloat16, BYTES as bytes or str objects)."""
+
+    path: Path  # the file or directory (a SavedModel) inside the version directory
+    signature: Signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +120,21 @@ class Backend(Protocol):
     def load(self, version_dir: Path, architecture: str, runtime: str = "native") -> Model:
         """Loads the files `train` (runtime "native") or `export` wrote into `version_dir`.
         Never called for "onnx": the core runs ONNX files itself (`serving.engine.onnx_model`)."""
+        ...
+
+    def describe(self, path: Path) -> Signature | None:
+        """The signature a model file of `triton_platform` declares itself (a SavedModel's
+        `serving_default`), for Triton's auto-completed configuration: names, datatypes, and
+        shapes with -1 for every dimension the file leaves open; None for a format that
+        declares none (TorchScript: its `config.pbtxt` must). RepositoryError when the file
+        cannot be read. Never called for ONNX files: the core reads those itself."""
+        ...
+
+    def load_file(self, model: ModelFile) -> Model:
+        """Loads a user's model file of `triton_platform` (see `ModelFile` for what its
+        `predict` takes and returns); RepositoryError, with a reason a client may read, when
+        the file cannot be read or does not fit the signature. Never called for ONNX files:
+        the core runs those itself."""
         ...
 
     def train(self, spec: TrainSpec, version_dir: Path) -> TrainResult:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.backend import Model, TrainResult, TrainSpec
+from serving.backend import Model, ModelFile, TrainResult, TrainSpec
 from serving.backend.architectures import get, signature_for
 from serving.errors import InvalidInput, ModelNotReady, RepositoryError
+from serving.types import Signature, TensorSpec
 
 __all__ = ["AffineBackend"]
 
@@ -112,9 +113,32 @@ class AffineBackend:
         # The last epoch's metrics and the time taken, as the real backends report them.
         return TrainResult(signature, {**metrics, "train_seconds": time.perf_counter() - started})
 
-    def _read(self, version_dir: Path) -> dict[str, Any]:
+    def describe(self, path: Path) -> Signature | None:
+        """A user's affine file (`default_model_filename: "affine.json"`) declares its
+        tensors: one FP32 input of its weights' width, one FP32 output."""
+        raw = self._read(path.parent, path.name)
+        return Signature(
+            inputs=(TensorSpec(raw["input"], "FP32", (-1, len(raw["weights"]))),),
+            outputs=(TensorSpec(raw["output"], "FP32", (-1, 1)),),
+        )
+
+    def load_file(self, model: ModelFile) -> Model:
+        own = self.describe(model.path)
+        assert own is not None
+        names = (
+            [s.name for s in model.signature.inputs],
+            [s.name for s in model.signature.outputs],
+        )
+        if names != ([s.name for s in own.inputs], [s.name for s in own.outputs]):
+            raise RepositoryError(
+                f"the declared tensors {names} are not the affine file's "
+                f"{([s.name for s in own.inputs], [s.name for s in own.outputs])}"
+            )
+        return _AffineModel(self._read(model.path.parent, model.path.name), self)
+
+    def _read(self, version_dir: Path, filename: str = _FILE) -> dict[str, Any]:
         try:
-            raw: dict[str, Any] = json.loads((version_dir / _FILE).read_text())
+            raw: dict[str, Any] = json.loads((version_dir / filename).read_text())
             raw["weights"] = np.asarray(raw["weights"], dtype=np.float64).reshape(-1, 1)
             raw["bias"] = float(raw["bias"])
             str(raw["input"]), str(raw["output"])

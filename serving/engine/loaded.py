@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from serving.backend import Model
 from serving.engine.batching import Batcher
-from serving.engine.model_config import BatchingConfig
+from serving.engine.model_config import BatchingConfig, ModelConfig
 from serving.engine.repository import VersionMeta
 from serving.errors import InvalidInput, RuntimeUnavailable
 
@@ -43,6 +43,10 @@ class LoadedVersion:
     call_ns: dict[str, int] = field(default_factory=dict)
     # Seconds loading and warming this version took (a metric).
     load_seconds: float = 0.0
+    # The configuration it was loaded by (auto-completed for a user's model file).
+    config: ModelConfig = field(default_factory=ModelConfig)
+    # A user's version: the model file it serves (Triton's layout); "" for ours.
+    model_file: str = ""
 
     def runtime(self, asked: str | None) -> tuple[str, Model]:
         chosen = asked or self.default_runtime

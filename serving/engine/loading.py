@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from serving.backend import Backend, Model
+from serving.engine.layout import ModelLayout
 from serving.engine.loaded import LoadedVersion
 from serving.engine.model_config import ModelConfig
-from serving.engine.repository import ModelRepository, RuntimeStatus, VersionMeta
+from serving.engine.repository import META_FILE, ModelRepository, RuntimeStatus, VersionMeta
 from serving.engine.runtimes import load_runtime
 from serving.engine.triton_config import check_signature
+from serving.engine.user_models import load_user_model, resolve_user_version
 from serving.errors import RepositoryError, ServingError
 from serving.protocol.codec import zeros
 
@@ -37,30 +39,36 @@ def load_version(
     version: int,
     config: ModelConfig,
     *,
+    layout: ModelLayout,
     threads: int = 0,
+    default_max_batch_size: int = 0,
 ) -> LoadedVersion:
-    """Loads every runtime of the stored version that `backend` registers, warms each up and
-    returns the version ready to serve; closes what it loaded if a step fails. An exception
-    that is not a ServingError becomes RepositoryError with a short reason, the step that
-    failed; the exception is its cause, for the log."""
+    """Loads the stored version, ours (every runtime of it that `backend` registers) or a
+    user's model file (`serving.engine.user_models`), warms each runtime up and returns the
+    version ready to serve; closes what it loaded if a step fails. An exception that is not
+    a ServingError becomes RepositoryError with a short reason, the step that failed; the
+    exception is its cause, for the log."""
     started = time.perf_counter()
+    declared = config
     models: dict[str, Model] = {}
     step = _READING
+    path = repository.path(name, version)
+    user = not (path / META_FILE).is_file()
     try:
-        meta = repository.read_meta(name, version)
-        check_signature(config, meta.signature, version)
-        path = repository.path(name, version)
-        label = f"{name} v{version}"
-        unavailable = _load_runtimes(backend, path, meta, models, label=label, threads=threads)
-        default = config.runtime if config.runtime in models else "native"
-        if default != config.runtime:
-            logger.warning(
-                "%s v%d has no %s runtime (%s); serving native by default",
-                name,
-                version,
-                config.runtime,
-                unavailable.get(config.runtime, "not exported"),
+        if user:
+            resolved = resolve_user_version(
+                backend, path, layout, config, default_max_batch_size=default_max_batch_size
             )
+            meta, config = resolved.meta, resolved.config
+            models[resolved.runtime] = load_user_model(backend, resolved, threads=threads)
+            default, unavailable = resolved.runtime, _not_exported(backend, resolved.runtime)
+        else:
+            meta = repository.read_meta(name, version)
+            check_signature(config, meta.signature, version)
+            unavailable = _load_runtimes(
+                backend, path, meta, models, label=f"{name} v{version}", threads=threads
+            )
+            default = _default_runtime(config, models, unavailable, name, version)
         loaded = LoadedVersion(
             name,
             version,
@@ -71,6 +79,8 @@ def load_version(
             unavailable,
             batching=config.batching,
             max_batch_size=config.max_batch_size,
+            config=declared,
+            model_file=layout.file if user else "",
         )
         step = _WARMING
         warm_up(loaded)
@@ -80,10 +90,43 @@ def load_version(
             model.close()
         if isinstance(exc, ServingError) or not isinstance(exc, Exception):
             raise
+        if user and step == _WARMING:
+            # The user's own model failed on zeros of its declared inputs: what the
+            # framework said (its first line) is what they need to fix their configuration.
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise RepositoryError(f"{step}: {type(exc).__name__}: {first}") from exc
         # Not ours: its text stays in the log (the chained cause), clients get the step.
         raise RepositoryError(step) from exc
     logger.info("loaded %s version %d (runtimes: %s)", name, version, ", ".join(models))
     return loaded
+
+
+def _default_runtime(
+    config: ModelConfig,
+    models: dict[str, Model],
+    unavailable: dict[str, str],
+    name: str,
+    version: int,
+) -> str:
+    default = config.runtime if config.runtime in models else "native"
+    if default != config.runtime:
+        logger.warning(
+            "%s v%d has no %s runtime (%s); serving native by default",
+            name,
+            version,
+            config.runtime,
+            unavailable.get(config.runtime, "not exported"),
+        )
+    return default
+
+
+def _not_exported(backend: Backend, served: str) -> dict[str, str]:
+    """Why a user's version offers none of the service's other runtimes."""
+    return {
+        runtime: "a user's model file is served as it is, by one runtime"
+        for runtime in backend.runtimes
+        if runtime != served
+    }
 
 
 def _load_runtimes(

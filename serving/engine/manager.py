@@ -9,10 +9,11 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from serving.backend import Backend
+from serving.engine.layout import ModelLayout, check_platform, model_layout
 from serving.engine.loaded import LoadedVersion
 from serving.engine.loading import load_version
 from serving.engine.model_config import ModelConfig, VersionPolicy
@@ -57,6 +58,10 @@ def _reason(exc: BaseException) -> str:
     return public_reason(exc, "an unexpected error (details are in the service's log)")
 
 
+class _Skipped(RepositoryError):
+    """A model of a platform another twinserve service serves: not this service's."""
+
+
 def _failures(failed: dict[int, str]) -> str:
     return "; ".join(f"version {v} failed to load: {why}" for v, why in failed.items())
 
@@ -73,12 +78,16 @@ class ModelManager:
         *,
         latest: int = 1,
         runtime_threads: int = 0,
+        default_max_batch_size: int = 0,
     ) -> None:
         self.repository = repository
         self.backend = backend
         self.latest = latest
         self.runtime_threads = runtime_threads
+        self.default_max_batch_size = default_max_batch_size
         self._entries: dict[str, _Entry] = {}
+        # Models another service serves (their platform): name -> (why, what was seen).
+        self._skipped: dict[str, tuple[str, tuple[object, ...]]] = {}
         self._lock = threading.Lock()  # guards _entries and reference counts
         self._load_lock = threading.Lock()  # one load at a time
         self._unloaded: set[str] = set()  # unloaded on request: polling leaves them be
@@ -91,6 +100,9 @@ class ModelManager:
             raise InvalidInput("the request names no model (the model name is empty)")
         entry = self._entries.get(name)
         if entry is None:
+            skipped = self._skipped.get(name)
+            if skipped is not None:
+                raise ModelNotFound(f"unknown model '{name}' here: {skipped[0]}")
             raise ModelNotFound(f"unknown model '{name}'")
         if entry.state is not ModelState.READY or not entry.versions:
             detail = f": {entry.reason}" if entry.reason else ""
@@ -143,7 +155,8 @@ class ModelManager:
     def index(self) -> list[tuple[str, str, ModelState, str]]:
         """(name, version, state, reason) for every model on disk or loaded."""
         rows: list[tuple[str, str, ModelState, str]] = []
-        for name in sorted(set(self.repository.models()) | set(self._entries)):
+        on_disk = set(self.repository.models()) - set(self._skipped)
+        for name in sorted(on_disk | set(self._entries)):
             entry = self._entries.get(name)
             if entry is None:
                 rows.append((name, "", ModelState.UNAVAILABLE, "unloaded"))
@@ -220,8 +233,13 @@ class ModelManager:
         seen: tuple[object, ...] = ()
         try:
             config = self.repository.read_config(name)
-            on_disk = self.repository.versions(name)
+            layout = model_layout(self.repository.root / name, config, self.backend)
+            on_disk = self.repository.versions(name, layout.files)
             seen = self._fingerprint(name, on_disk, config)
+            skip = check_platform(layout, self.backend, name)
+            if skip is not None:
+                self._skip(name, skip, seen)
+                raise _Skipped(skip)
             if config.runtime not in self.backend.runtimes:
                 raise RepositoryError(
                     f"model '{name}' asks for unknown runtime '{config.runtime}' in its "
@@ -231,31 +249,22 @@ class ModelManager:
             check_service(config, self.backend)
             wanted = self._policy(config).select(on_disk)
             if not wanted:
-                raise ModelNotFound(
-                    f"model '{name}' has no version its policy serves "
-                    f"(on disk: {on_disk or 'none'})"
-                )
+                raise ModelNotFound(self._nothing_to_serve(name, on_disk, layout))
+        except _Skipped:
+            raise
         except ServingError as exc:
             self._unusable(name, _reason(exc), seen)
             raise
+        self._skipped.pop(name, None)
         current = self._entries.get(name)
         keep = current.versions if current else {}
         fresh: dict[int, LoadedVersion] = {}
         failed: dict[int, str] = {}
         for version in wanted:
             old = keep.get(version)
-            if (
-                old is not None
-                and old.batching == config.batching
-                and old.max_batch_size == config.max_batch_size
-                # Declared tensors were checked against this version by the load that made it.
-                and current is not None
-                and current.config is not None
-                and (current.config.inputs, current.config.outputs)
-                == (config.inputs, config.outputs)
-                and old.default_runtime
-                == (config.runtime if config.runtime in old.models else "native")
-            ):
+            # Loaded by the same configuration (the version policy aside, which only picks
+            # versions): nothing to reload.
+            if old is not None and replace(old.config, policy=None) == replace(config, policy=None):
                 fresh[version] = old
                 continue
             try:
@@ -265,7 +274,9 @@ class ModelManager:
                     name,
                     version,
                     config,
+                    layout=layout,
                     threads=self.runtime_threads,
+                    default_max_batch_size=self.default_max_batch_size,
                 )
             except Exception as exc:
                 logger.exception("%s version %d failed to load", name, version)
@@ -286,6 +297,28 @@ class ModelManager:
             self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen, config)
             retired = [old for v, old in keep.items() if fresh.get(v) is not old]
         self._retire(retired)
+
+    def _nothing_to_serve(self, name: str, on_disk: list[int], layout: ModelLayout) -> str:
+        if on_disk:
+            return f"model '{name}' has no version its policy serves (on disk: {on_disk})"
+        incomplete = self.repository.incomplete(name, layout.files)
+        if incomplete:
+            files = " or ".join(("model.json", *layout.files))
+            listed = ", ".join(str(v) for v in incomplete)
+            return f"model '{name}' has no complete version: {listed} hold(s) no {files}"
+        return f"model '{name}' has no version directory (<model>/<version>/, e.g. {name}/1/)"
+
+    def _skip(self, name: str, reason: str, seen: tuple[object, ...]) -> None:
+        """Leaves a model another service serves to it: logged once, then out of the index
+        (what this service served of it before is unloaded)."""
+        with self._lock:
+            previous = self._skipped.get(name)
+            self._skipped[name] = (reason, seen)
+            entry = self._entries.pop(name, None)
+        if previous is None or previous[0] != reason:
+            logger.info("skipping %s", reason)
+        if entry is not None:
+            self._retire(list(entry.versions.values()))
 
     def _unusable(self, name: str, reason: str, seen: tuple[object, ...]) -> None:
         """Records why a model in the repository cannot load (its configuration, no version
@@ -319,6 +352,9 @@ class ModelManager:
             self._unloaded.add(name)
             with self._lock:
                 entry = self._entries.get(name)
+                if entry is None and name in self._skipped:
+                    self._unloaded.discard(name)
+                    raise ModelNotFound(f"unknown model '{name}' here: {self._skipped[name][0]}")
                 if entry is None and name not in self.repository.models():
                     self._unloaded.discard(name)
                     raise ModelNotFound(f"unknown model '{name}'")
@@ -332,6 +368,8 @@ class ModelManager:
         for name in self.repository.models():
             try:
                 self.load(name)
+            except _Skipped:
+                pass  # logged once by _skip
             except Exception as exc:
                 logger.error("model %s is unavailable: %s", name, _reason(exc))
 
@@ -347,15 +385,24 @@ class ModelManager:
                 seen: tuple[object, ...] = ()
                 try:
                     config = self.repository.read_config(name)
-                    seen = self._fingerprint(name, self.repository.versions(name), config)
+                    layout = model_layout(self.repository.root / name, config, self.backend)
+                    versions = self.repository.versions(name, layout.files)
+                    seen = self._fingerprint(name, versions, config)
                 except ServingError:
                     pass  # _load below reports it
-                if entry is not None and entry.seen == seen:
+                skipped = self._skipped.get(name)
+                if (entry is not None and entry.seen == seen) or (
+                    skipped is not None and skipped[1] == seen
+                ):
                     continue
                 try:
                     self._load(name)
+                except _Skipped:
+                    pass
                 except Exception as exc:
                     logger.error("model %s did not load: %s", name, _reason(exc))
+            for name in set(self._skipped) - on_disk:
+                del self._skipped[name]
             for name in set(self._entries) - on_disk:
                 with self._lock:
                     entry = self._entries.pop(name)

@@ -91,6 +91,9 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] | None = None
     instance_groups: tuple[InstanceGroup, ...] = ()
     parameters: tuple[tuple[str, str], ...] = ()
+    # Triton's default_model_filename: the file a user's version holds ("" for the
+    # platform's default, serving.engine.layout).
+    model_filename: str = ""
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:

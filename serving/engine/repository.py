@@ -153,23 +153,32 @@ class ModelRepository:
     def models(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
 
-    def versions(self, model: str) -> list[int]:
-        """Complete versions of `model`, oldest first."""
+    def versions(self, model: str, files: tuple[str, ...] = ()) -> list[int]:
+        """Complete versions of `model`, oldest first: numbered directories holding our
+        `model.json`, or one of `files` (a user's model file in Triton's layout,
+        `serving.engine.layout`). A directory with neither is being written, or lacks its
+        file: skipped (`incomplete` lists them)."""
+        return sorted(int(entry.name) for entry in self._numbered(model) if _complete(entry, files))
+
+    def incomplete(self, model: str, files: tuple[str, ...] = ()) -> list[int]:
+        """The numbered directories of `model` that `versions` skips."""
+        return sorted(
+            int(entry.name) for entry in self._numbered(model) if not _complete(entry, files)
+        )
+
+    def _numbered(self, model: str) -> list[Path]:
         directory = self.root / check_model_name(model)
         if not directory.is_dir():
             raise ModelNotFound(f"model '{model}' is not in the repository")
-        found: list[int] = []
+        found: list[Path] = []
         for entry in directory.iterdir():
             if not entry.is_dir():
                 continue
             if not entry.name.isdecimal() or int(entry.name) < 1:
                 logger.warning("ignoring %s: not a version directory (half-written?)", entry)
                 continue
-            if not (entry / META_FILE).is_file():
-                logger.warning("ignoring %s: no %s", entry, META_FILE)
-                continue
-            found.append(int(entry.name))
-        return sorted(found)
+            found.append(entry)
+        return found
 
     def path(self, model: str, version: int) -> Path:
         return self.root / check_model_name(model) / str(version)
@@ -234,6 +243,10 @@ class ModelRepository:
     def write_meta(directory: Path, meta: VersionMeta) -> None:
         stamped = meta if meta.created else _with_created(meta)
         (directory / META_FILE).write_text(stamped.to_json())
+
+
+def _complete(version_dir: Path, files: tuple[str, ...]) -> bool:
+    return (version_dir / META_FILE).is_file() or any((version_dir / f).exists() for f in files)
 
 
 def _with_created(meta: VersionMeta) -> VersionMeta:

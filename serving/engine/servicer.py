@@ -13,6 +13,7 @@ import grpc
 
 from serving.engine.dataplane import DataPlane
 from serving.engine.manager import LoadedVersion, ModelManager
+from serving.engine.layout import PLATFORMS
 from serving.engine.model_config import VersionPolicy
 from serving.errors import Unsupported
 from serving.pb import inference_pb2 as pb
@@ -132,12 +133,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         loaded = self.manager.get(request.name, request.version)
         meta = loaded.meta
+        platform = self._platform(loaded)
+        # A user's file names Triton's backend for its platform; ours, the framework serving.
+        known = PLATFORMS.get(platform) if loaded.model_file else None
         config = pb.ModelConfig(
             name=loaded.name,
-            platform=self._platform(loaded),
+            platform=platform,
             runtime=loaded.default_runtime,
-            backend=self.manager.backend.framework,
+            backend=known.backend if known else self.manager.backend.framework,
             version_policy=_policy_pb(self.manager.policy(loaded.name)),
+            default_model_filename=loaded.model_file,
         )
         declared = self.manager.config(loaded.name)
         for group in declared.instance_groups:
@@ -165,7 +170,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config.output.add(
                 name=spec.name, data_type=_DATATYPE_ENUM[spec.datatype], dims=spec.shape[skip:]
             )
-        config.parameters[CONFIG_ARCHITECTURE_PARAM].string_value = meta.architecture
+        if meta.architecture:  # a user's model file has none of ours
+            config.parameters[CONFIG_ARCHITECTURE_PARAM].string_value = meta.architecture
         config.parameters[FRAMEWORK_PARAM].string_value = self.manager.backend.framework
         config.parameters[CONFIG_RUNTIMES_PARAM].string_value = ",".join(loaded.models)
         return pb.ModelConfigResponse(config=config)
@@ -174,6 +180,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # What runs the version here, as this service's backend registers it: a version
         # another framework trained (the onnx service serves its export) names the runtime
         # serving it, not the framework that trained it (that is in its metadata).
+        # A user's file is its own platform (TorchScript is pytorch_libtorch, not the eager
+        # runtime that answers for our PyTorch versions).
+        if loaded.model_file:
+            return loaded.platform()
         registered = self.manager.backend.runtimes.get(loaded.default_runtime)
         return registered or loaded.platform()
 

@@ -5,23 +5,28 @@ fields below at Triton's own numbers), checked, and turned into the engine's `Mo
 Honoured:
 
     name                   must be the model's directory (or left out)
-    platform, backend      must be this service's (`Backend.triton_platform`, `triton_backend`)
+    platform, backend      which service serves the model (serving.engine.layout): this one's
+                           (`Backend.triton_platform`) or onnxruntime_onnx, which every service
+                           serves; another twinserve service's: skipped here; any other: refused
+    default_model_filename the file (or SavedModel directory) each user version holds
     runtime                twinserve's default runtime, as config.json's "runtime" (Triton's
                            field 25, which the ModelConfig RPC already answers with)
     version_policy         latest { num_versions } / all {} / specific { versions }
     max_batch_size         the rows a request may have; with dynamic_batching the largest batch
     dynamic_batching       preferred_batch_size, max_queue_delay_microseconds,
                            default_queue_policy { max_queue_size }
-    input, output          name, data_type, dims: each version's signature must match them
-                           exactly; with max_batch_size > 0 the dims leave out the batch
-                           dimension (Triton's meaning). Left out: the signature's.
+    input, output          name, data_type, dims: our own versions' signatures must match them
+                           exactly; a user's model file is served by them (and checked against
+                           what the file declares); with max_batch_size > 0 the dims leave out
+                           the batch dimension (Triton's meaning). Left out: auto-completed
+                           from the file (a SavedModel's signature, an ONNX graph), or ours.
     instance_group         kind and gpus checked against the service's device (KIND_GPU on a
                            CPU service, KIND_CPU on a GPU one, other GPUs: that model fails)
     parameters             returned by the ModelConfig RPC (twinserve's own keys are refused)
 
 Logged, not honoured: `instance_group.count` (one instance serves each version; concurrency is
 the service's setting). Refused when set, because nothing here acts on them yet:
-`default_model_filename`, `input.format`, `input.optional`, and dynamic_batching's
+`input.format`, `input.optional`, and dynamic_batching's
 `preserve_ordering`, priorities and queue timeouts. Every other Triton field (optimization,
 sequence_batching, ensemble_scheduling, model_warmup, ...) is not in the schema, so text format
 refuses it as an unknown field. Nothing is ignored silently.
@@ -33,6 +38,7 @@ what the parser refuses, `<model>/config.pbtxt: <field> ...` for the checks afte
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -69,7 +75,10 @@ _DATATYPES = {
 _TOP = {
     *("name", "platform", "backend", "runtime", "version_policy", "max_batch_size"),
     *("input", "output", "dynamic_batching", "instance_group", "parameters"),
+    "default_model_filename",
 }
+# A file name inside the version directory: no path, nothing hidden.
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _BATCHING = {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy"}
 _TENSOR = {"name", "data_type", "dims"}
 _OURS = {CONFIG_ARCHITECTURE_PARAM, CONFIG_RUNTIMES_PARAM, FRAMEWORK_PARAM}
@@ -111,6 +120,12 @@ def _convert(message: pb.ModelConfig, model: str, source: str) -> ModelConfig:
         raw["version_policy"] = _policy(message.version_policy)
     if message.HasField("dynamic_batching"):
         raw["dynamic_batching"] = _batching(message.dynamic_batching)
+    filename = message.default_model_filename
+    if filename and not _FILE_NAME.match(filename):
+        raise ValueError(
+            f"default_model_filename '{filename}' must be a file name in the version "
+            "directory (letters, digits, '_', '.', '-'; no path)"
+        )
     parameters = tuple(sorted((k, v.string_value) for k, v in message.parameters.items()))
     for key, _ in parameters:
         if key in _OURS:
@@ -124,6 +139,7 @@ def _convert(message: pb.ModelConfig, model: str, source: str) -> ModelConfig:
         outputs=_tensors(message.output, "output"),
         instance_groups=tuple(_group(g, i) for i, g in enumerate(message.instance_group)),
         parameters=parameters,
+        model_filename=filename,
     )
 
 
@@ -180,16 +196,8 @@ def _group(group: pb.ModelInstanceGroup, index: int) -> InstanceGroup:
 
 
 def check_service(config: ModelConfig, backend: Backend) -> None:
-    """RepositoryError if the configuration asks for another service or another device."""
-    for field, asked, served in (
-        ("platform", config.platform, backend.triton_platform),
-        ("backend", config.backend, backend.triton_backend),
-    ):
-        if asked and asked != served:
-            raise RepositoryError(
-                f"{config.source}: {field} '{asked}' is not this service's "
-                f"(the {backend.framework} service serves {field} '{served}')"
-            )
+    """RepositoryError if the configuration asks for another device than the service's (the
+    platform is checked by `serving.engine.layout`)."""
     device = backend.device
     on_gpu = device.startswith("cuda")
     for index, group in enumerate(config.instance_groups):

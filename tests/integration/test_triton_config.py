@@ -108,7 +108,8 @@ REFUSED = [
         "max_batch_size: 4\ninput [ { name: 'size_sqft' data_type: TYPE_FP32 dims: [ 2 ] } ]",
         "broken/config.pbtxt: input 'size_sqft' dims [2], but version 1 has shape [-1, 1]",
     ),
-    ('platform: "tensorflow_savedmodel"', "broken/config.pbtxt: platform 'tensorflow_savedm"),
+    ('platform: "tensorrt_plan"', "model 'broken' is platform 'tensorrt_plan', which twinserve"),
+    ('backend: "python"', "broken/config.pbtxt: backend 'python' is not one twinserve serves"),
     ("instance_group [ { kind: KIND_GPU } ]", "broken/config.pbtxt: instance_group[0].kind KI"),
     ('name: "house_price"', "broken/config.pbtxt: name 'house_price' is not the model's dire"),
 ]
@@ -130,6 +131,25 @@ def test_a_refused_config_pbtxt_keeps_its_model_out_and_says_where(
     assert fragment in load[1]
     assert any(fragment in r.reason and r.state == "UNAVAILABLE" for r in rows if r.name == BROKEN)
     assert served == [pytest.approx(360.0)]
+
+
+def test_a_model_another_service_serves_is_skipped_and_left_out_of_the_index(
+    aio: AioThread, seeded_repository: Callable[[], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = seeded_repository()
+    shutil.copytree(root / SEED_MODEL, root / BROKEN)
+    (root / BROKEN / CONFIG_PBTXT).write_text('platform: "tensorflow_savedmodel"')
+    with caplog.at_level("INFO", "serving.engine.manager"), _serve(aio, root) as stub:
+        metadata = rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name=BROKEN))
+        load = rpc_error(stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=BROKEN))
+        rows = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+        served = prices(stub.ModelInfer(price_request(1800), timeout=5))
+    why = "model 'broken' is a tensorflow_savedmodel model; this fake service serves"
+    assert metadata[0] is Code.NOT_FOUND and why in metadata[1]
+    assert load[0] is Code.FAILED_PRECONDITION and why in load[1]
+    assert [r.name for r in rows] == [SEED_MODEL]
+    assert served == [pytest.approx(360.0)]
+    assert caplog.text.count(f"skipping {why}") == 1  # once, though loaded twice
 
 
 def test_both_layouts_keep_the_model_out(

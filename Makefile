@@ -45,7 +45,7 @@ run: seed
 # cases of the conformance suite, and its own module) run under both settings whatever CPU
 # this is.
 TF_SUITES := tests/framework/conformance tests/framework/test_tf_backend.py \
-	-k 'tensorflow or tf_backend'
+	tests/framework/test_tf_user_models.py -k 'tensorflow or tf_backend or tf_user'
 test: $(PB_STAMP) prometheus perf-analyzer
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests --ignore=tests/compat --ignore=tests/deploy $(PYTEST_ARGS)
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest $(TF_SUITES) $(PYTEST_ARGS)

@@ -1,5 +1,6 @@
 """TFBackend: trains Keras models, saves them as SavedModels and serves their signatures,
-natively or exported to TFLite (and to ONNX, which the core runs).
+natively or exported to TFLite (and to ONNX, which the core runs); it also serves the
+SavedModels users bring in Triton's layout (`describe`, `load_file`: `tf_service.savedmodel`).
 
 Requests go through the SavedModel's `serving_default` concrete function, never
 `keras.Model.predict`: predict builds a dataset and an iterator on every call (tens of
@@ -15,7 +16,6 @@ follows the device in the core (`serving.engine.onnx_model`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -25,15 +25,17 @@ from types import MappingProxyType
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from serving.backend import Model, TrainResult, TrainSpec
+from serving.backend import Model, ModelFile, TrainResult, TrainSpec
 from serving.backend.architectures import get, signature_for
 from serving.engine.onnx_model import ONNX_FILE
-from serving.errors import InvalidInput, ModelNotReady, RepositoryError
+from serving.errors import InvalidInput
+from serving.types import Signature
+from tf_service import savedmodel
 from tf_service.export import TFLITE_FILE, TFLiteModel, to_onnx, to_tflite
 from tf_service.models import ARCHITECTURES
+from tf_service.savedmodel import SERVING_KEY, SavedModel, open_savedmodel, placement
 from tf_service.training import device_for, train
 
 __all__ = ["SAVEDMODEL_DIR", "TFBackend"]
@@ -41,7 +43,6 @@ __all__ = ["SAVEDMODEL_DIR", "TFBackend"]
 logger = logging.getLogger(__name__)
 
 SAVEDMODEL_DIR = "model.savedmodel"
-_SERVING_KEY = "serving_default"
 # Names become signature keys, and SavedModel rewrites any other character of an input's key
 # (`size-sqft` is served as `size_sqft`), so requests would no longer match.
 _TENSOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
@@ -63,86 +64,6 @@ class _Exported(tf.Module):  # type: ignore[misc]
         # The TensorSpec's name, not the Python argument's, becomes the signature's input key.
         spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
         self.serve = tf.function(serve, input_signature=[spec])
-
-
-def _needs_scope(device: str) -> bool:
-    """Whether ops must be pinned to `device` (from `device_for`). With no GPU visible
-    TensorFlow can only use the CPU, so the hot path saves entering a scope per call."""
-    return not device.startswith("/CPU") or bool(tf.config.list_physical_devices("GPU"))
-
-
-def _placement(device: str) -> contextlib.AbstractContextManager[Any]:
-    return tf.device(device) if _needs_scope(device) else contextlib.nullcontext()
-
-
-class _InputCheck:
-    """One signature input: its dtype and shape, checked before TensorFlow sees a tensor.
-
-    Not only a nicety: oneDNN's kernels (TensorFlow's default on Intel CPUs) abort the whole
-    process on some inputs they were not built for (a convolution fed the wrong rank calls
-    `abort()` in `MklDnnConvUtil`), where the portable kernels raise. So the backend refuses
-    anything the signature does not declare, whatever its caller validated."""
-
-    def __init__(self, name: str, spec: tf.TensorSpec) -> None:
-        self.name = name
-        self.dtype: tf.DType = spec.dtype
-        self.np_dtype = np.dtype(spec.dtype.as_numpy_dtype)
-        self.shape: list[int | None] = spec.shape.as_list()
-
-    def describe(self) -> str:
-        return f"{self.name} {self.dtype.name} {self.shape}"
-
-    def tensor(self, array: np.ndarray) -> tf.Tensor:
-        if not np.can_cast(array.dtype, self.np_dtype, casting="same_kind"):
-            raise InvalidInput(
-                f"input '{self.name}' must be {self.dtype.name}, got NumPy {array.dtype}"
-            )
-        if len(array.shape) != len(self.shape) or any(
-            want is not None and got != want
-            for got, want in zip(array.shape, self.shape, strict=True)
-        ):
-            raise InvalidInput(
-                f"input '{self.name}' has shape {list(array.shape)}, the model expects "
-                f"{self.shape} (None is any size)"
-            )
-        return tf.constant(array, self.dtype)
-
-
-class _LoadedModel:
-    """A loaded SavedModel version; concrete functions are safe to call from many threads."""
-
-    def __init__(self, loaded: Any, function: Any, device: str = "/CPU:0") -> None:
-        # The concrete function holds its variables weakly; `loaded` keeps them alive.
-        self._loaded: Any = loaded
-        self._function: Any = function
-        _, kwargs = function.structured_input_signature
-        self._inputs = [_InputCheck(name, spec) for name, spec in kwargs.items()]
-        self._expected = ", ".join(check.describe() for check in self._inputs)
-        self._device = device
-        self._scoped = _needs_scope(device)
-
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        function = self._function  # one read: close() may run concurrently
-        if function is None:
-            raise ModelNotReady("the model version was unloaded")
-        missing = [check.name for check in self._inputs if check.name not in inputs]
-        if missing:
-            raise InvalidInput(
-                f"missing model input(s): {', '.join(sorted(missing))}; "
-                f"the model expects {self._expected}"
-            )
-        tensors = {check.name: check.tensor(inputs[check.name]) for check in self._inputs}
-        try:
-            with tf.device(self._device) if self._scoped else contextlib.nullcontext():
-                outputs = function(**tensors)
-        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as exc:
-            # The checks above cover what the signature declares; this is what is left.
-            raise InvalidInput(f"the model expects {self._expected}") from exc
-        return {name: tensor.numpy() for name, tensor in outputs.items()}
-
-    def close(self) -> None:
-        self._function = None
-        self._loaded = None
 
 
 # What each runtime's export writes, and what converts the serving function to it.
@@ -212,7 +133,7 @@ class TFBackend:
         tf.saved_model.save(
             exported,
             str(version_dir / SAVEDMODEL_DIR),
-            signatures={_SERVING_KEY: exported.serve.get_concrete_function()},
+            signatures={SERVING_KEY: exported.serve.get_concrete_function()},
         )
         signature = signature_for(
             get(spec.architecture), spec.x, spec.input_name, spec.output_name, spec.num_classes
@@ -231,9 +152,18 @@ class TFBackend:
                 f"TFBackend loads the 'native' and 'tflite' runtimes, not '{runtime}'"
                 + (" (the core runs ONNX exports itself)" if runtime == "onnx" else "")
             )
-        with _placement(self._tf_device):  # variables live where the ops will run
-            loaded, function = _load_savedmodel(version_dir)
-        return _LoadedModel(loaded, function, self._tf_device)
+        with placement(self._tf_device):  # variables live where the ops will run
+            loaded, function = open_savedmodel(version_dir / SAVEDMODEL_DIR)
+        return SavedModel(loaded, function, self._tf_device)
+
+    def describe(self, path: Path) -> Signature:
+        """`path`'s `serving_default` signature (`tf_service.savedmodel.describe`)."""
+        return savedmodel.describe(path)
+
+    def load_file(self, model: ModelFile) -> Model:
+        """A user's SavedModel, checked against `model.signature` and placed as `load`
+        places ours (`tf_service.savedmodel.load_file`)."""
+        return savedmodel.load_file(model, self._tf_device)
 
     def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
         """Writes `model.tflite` ("tflite") or `model.onnx` ("onnx") into `version_dir`, both
@@ -244,7 +174,7 @@ class TFBackend:
             )
         filename, convert = _EXPORTS[runtime]
         started = time.perf_counter()
-        loaded, function = _load_savedmodel(version_dir)
+        loaded, function = open_savedmodel(version_dir / SAVEDMODEL_DIR)
         content = convert(function)
         del loaded  # kept alive until now: `function` holds its variables weakly
         (version_dir / filename).write_bytes(content)
@@ -255,24 +185,6 @@ class TFBackend:
             len(content),
             time.perf_counter() - started,
         )
-
-
-def _load_savedmodel(version_dir: Path) -> tuple[Any, Any]:
-    """The loaded SavedModel and its serving function; keep the first while using the second."""
-    path = version_dir / SAVEDMODEL_DIR
-    if not (path / "saved_model.pb").is_file():
-        raise RepositoryError(f"{path} is not a TensorFlow SavedModel (no saved_model.pb)")
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as exc:  # corrupt files surface as many TF and protobuf error types
-        logger.warning("cannot load %s", path, exc_info=True)
-        raise RepositoryError(
-            f"cannot load the SavedModel in {path}: {type(exc).__name__}"
-        ) from exc
-    function = loaded.signatures.get(_SERVING_KEY)
-    if function is None:
-        raise RepositoryError(f"the SavedModel in {path} has no '{_SERVING_KEY}' signature")
-    return loaded, function
 
 
 def _check_spec(spec: TrainSpec) -> None:

@@ -7,7 +7,8 @@ module to build, its constructor arguments and its tensor names). Loading rebuil
 from `ARCHITECTURES` and reads the weights with `weights_only=True`, so a model file can never
 run code. The served model is the module's `forward`: raw target units for regression,
 softmax probabilities for classification (training uses `forward_train`, see `models`).
-Exports are traced from that same rebuilt module, on the CPU.
+Exports are traced from that same rebuilt module, on the CPU. A user's own TorchScript
+file (Triton's `model.pt`, which runs its own TorchScript code) is `torch_service.torchscript`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.backend import TrainResult, TrainSpec
+from serving.backend import ModelFile, TrainResult, TrainSpec
 from serving.backend.architectures import get, signature_for
 from serving.engine.onnx_model import ONNX_FILE
 from serving.errors import BackendUnavailable, InvalidInput, ModelNotReady, RepositoryError
+from serving.types import Signature
 from torch_service.export import (
     TORCHSCRIPT_FILE,
     export_onnx,
@@ -37,6 +39,7 @@ from torch_service.export import (
     load_torchscript,
 )
 from torch_service.models import ARCHITECTURES, TrainableModule
+from torch_service.torchscript import TorchScriptModel, load_file
 from torch_service.training import fit
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "TorchBackend", "TorchModel"]
@@ -157,6 +160,17 @@ class TorchBackend:
             "loaded %s (%s) from %s on %s", architecture, runtime, version_dir, self.device
         )
         return TorchModel(module, config["input_name"], config["output_name"], self._device)
+
+    def describe(self, path: Path) -> Signature | None:
+        """None: a TorchScript file declares no signature, so (as in Triton) its
+        `config.pbtxt` must declare the inputs and outputs."""
+        return None
+
+    def load_file(self, model: ModelFile) -> TorchScriptModel:
+        """A user's TorchScript file on this backend's device, its declared inputs and
+        outputs mapped onto `forward` as Triton's PyTorch backend maps them
+        (`torch_service.torchscript`)."""
+        return load_file(model, self._device)
 
     def export(self, version_dir: Path, architecture: str, runtime: str) -> None:
         """Writes `model.torchscript.pt` or `model.onnx` from the version's weights, traced

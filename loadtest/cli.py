@@ -3,6 +3,11 @@
 python -m loadtest                                   # house_price, every CPU cell, GPU cells
 python -m loadtest --models house_price,mlp,cnn --batches 1,32 --concurrency 1,4,16
 python -m loadtest --gateway gateway:8001 --service tensorflow=tf:8500 --service pytorch=torch:7070
+python -m loadtest --models my_model --model-repository triton_models/   # any model served
+
+A model that is not built in is one the services already serve: its requests are generated
+from what each target says it takes (ModelMetadata, ModelConfig's max_batch_size), and every
+target is compared with the first framework's native answer.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from loadtest.generator import ClientPool, default_processes
 from loadtest.matrix import Cell, Outcome, References, Target, run_target, targets_for
 from loadtest.progress import Progress
 from loadtest.report import machine, write_report, write_table
+from loadtest.served import Served, notes, read_served
 from loadtest.targets import FRAMEWORKS, KNOWN, Endpoints, LocalStack, seed_models
 from loadtest.workloads import MODELS, Workload, ensure_loaded, ensure_model
 from serving.protocol.names import AUTHORIZATION_HEADER
@@ -35,8 +41,9 @@ def _list(kind: type, text: str) -> list[Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--models", default="house_price", help="of: " + ",".join(MODELS))
-    p.add_argument("--batches", default="1,32", help="batch sizes of mlp and cnn (house_price: 1)")
+    p.add_argument("--models", default="house_price",
+                   help=f"built in: {','.join(MODELS)}; any other: one already served")  # fmt: skip
+    p.add_argument("--batches", default="1,32", help="batch sizes (house_price: 1 only)")
     p.add_argument("--concurrency", default="1,4,16", help="calls in flight, per cell")
     p.add_argument("--duration", type=float, default=1.5, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=0.3, help="unrecorded seconds per cell")
@@ -47,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=default_processes(), help="client processes")
     p.add_argument("--out", type=Path, default=Path("loadtest-report"))
     p.add_argument("--model-repository", type=Path, default=Path("models"),
-                   help="local: holds each framework's repository")  # fmt: skip
+                   help="local: holds each framework's repository, or is a Triton model "
+                        "repository that every service serves")  # fmt: skip
     p.add_argument("--no-echo", action="store_true", help="local: skip the echo floor")
     remote = p.add_argument_group("running endpoints (no services are started)")
     remote.add_argument("--gateway", help="HOST:PORT of a gateway")
@@ -90,11 +98,6 @@ class _Run:
             for model in _list(str, args.models)
             for batch in ([1] if model == "house_price" else _list(int, args.batches))
         ]
-        unknown = {w.model for w in self.workloads} - MODELS.keys()
-        if unknown:
-            raise SystemExit(
-                f"unknown model(s) {', '.join(sorted(unknown))}: use {', '.join(MODELS)}"
-            )
         self.remote = bool(args.gateway or self.services)
         self.devices = _list(str, args.devices)
         if self.remote and len(self.devices) != 1:
@@ -115,9 +118,21 @@ class _Run:
             for c in self.concurrencies:
                 self.record(Outcome(Cell(target, c), "not available", reason))
 
+    def served(self, endpoints: Endpoints, targets: list[Target]) -> dict[str, Served]:
+        """What each target endpoint serves of each model that is not built in: read before
+        any cell runs, since one framework's answer is every framework's reference."""
+        frameworks = [f for f in self.frameworks if any(t.framework == f for t in targets)]
+        found = {}
+        for model in dict.fromkeys(w.model for w in self.workloads if w.model not in MODELS):
+            found[model] = read_served(model, frameworks, endpoints)
+            for line in notes(model, found[model], endpoints):
+                self.progress.note(line)
+        return found
+
     def measure(self, endpoints: Endpoints, targets: list[Target], pool: ClientPool) -> None:
         for w in self.workloads:
-            if w.model == "house_price":
+            # house_price is seeded; a model that is not built in is served as it is.
+            if w.model == "house_price" or w.model not in MODELS:
                 continue
             via_gateway = not endpoints.direct
             addresses = endpoints.direct or {
@@ -137,7 +152,7 @@ class _Run:
                         metadata=endpoints.metadata,
                     )
                 )
-        references = References()
+        references = References(self.served(endpoints, targets), self.frameworks)
         for target in targets:
             run_target(target, self.concurrencies, endpoints, references, pool,
                        duration_s=self.args.duration, warmup_s=self.args.warmup,

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.frameworks import frameworks, gateway_frameworks
+from devtools.frameworks import frameworks, gateway_frameworks, is_model_repository, repository_of
 from devtools.stack import Process, launch
 
 __all__ = ["FRAMEWORKS", "Endpoints", "LocalStack", "seed_models"]
@@ -52,11 +52,15 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 def seed_models(models: Path, log: Path) -> None:
     """Trains the seed model (house_price) into each training framework's repository if
-    missing (a framework that does not train serves one of those)."""
+    missing (a framework that does not train serves one of those). Nothing is written into a
+    user's Triton model repository, which every service serves as it is: house_price is then
+    one more model, measured if it is there."""
+    if is_model_repository(models):
+        return
     waiting = []
     with log.open("ab") as out:
         for framework in KNOWN.values():
-            repository = models / framework.repository
+            repository = repository_of(models, framework)
             if not framework.trains or any(
                 p.name.isdigit() for p in (repository / "house_price").glob("*")
             ):
@@ -104,7 +108,7 @@ class LocalStack:
                     launch,
                     f"{name}-{device}",
                     KNOWN[name].module,
-                    ["--model-repository", str(self.models / KNOWN[name].repository)],
+                    ["--model-repository", str(repository_of(self.models, KNOWN[name]))],
                     env=env,
                 )
                 for name in frameworks

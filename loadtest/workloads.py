@@ -50,7 +50,7 @@ def _inputs(model: str, batch: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Workload:
-    model: str  # a key of MODELS
+    model: str  # a key of MODELS, or a model already served (loadtest.served)
     batch: int
 
     @property

@@ -12,8 +12,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from serving.engine.dataplane import DataPlane
-from serving.engine.manager import LoadedVersion, ModelManager
 from serving.engine.layout import PLATFORMS
+from serving.engine.manager import LoadedVersion, ModelManager
 from serving.engine.model_config import VersionPolicy
 from serving.errors import Unsupported
 from serving.pb import inference_pb2 as pb

@@ -18,7 +18,7 @@ from serving.engine.repository import ModelRepository, check_model_name
 from serving.errors import InvalidInput, ResourceExhausted
 from serving.training.csv_files import CsvData, read_csv
 from serving.training.datasets import load_builtin, validation_split
-from serving.training.trainer import check_signature, served_signature
+from serving.training.trainer import check_signature, check_trainable, served_signature
 
 __all__ = [
     "BuiltinData",
@@ -264,6 +264,7 @@ def plan_training(
     if len(x_train) < 1:
         raise InvalidInput("no training rows are left after the validation split")
     if repository is not None:
+        check_trainable(repository, order.model_name)
         new = architectures.signature_for(
             arch, data.x, data.input_name, data.output_name, data.num_classes
         )

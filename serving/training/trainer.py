@@ -10,12 +10,37 @@ import numpy as np
 
 from serving.backend import Backend, Model, TrainSpec, architectures
 from serving.backend.architectures import signature_for
+from serving.engine.layout import PLATFORMS
 from serving.engine.repository import ModelRepository, VersionMeta
 from serving.engine.runtimes import export_runtimes
 from serving.errors import ModelNotFound, RepositoryError, SignatureChanged
 from serving.types import Signature, TensorSpec
 
-__all__ = ["check_signature", "evaluate", "served_signature", "train_version"]
+__all__ = [
+    "check_signature",
+    "check_trainable",
+    "evaluate",
+    "served_signature",
+    "train_version",
+]
+
+
+def check_trainable(repository: ModelRepository, model: str) -> None:
+    """Refuses (RepositoryError) training into a model that holds a user's model files
+    (Triton's layout): its versions would mix files we wrote with files we did not, and
+    another service may be the one serving it."""
+    try:
+        config = repository.read_config(model)
+        files = (*(p.default_file for p in PLATFORMS.values()), config.model_filename)
+        theirs = sorted(set(repository.versions(model, files)) - set(repository.versions(model)))
+    except ModelNotFound:
+        return
+    if theirs:
+        listed = ", ".join(str(v) for v in theirs)
+        raise RepositoryError(
+            f"model '{model}' holds a user's model files (version {listed}, Triton's layout), "
+            "which twinserve serves but does not train: train under another model name"
+        )
 
 
 def served_signature(repository: ModelRepository, model: str) -> Signature | None:

@@ -5,6 +5,7 @@ once; bad orders are refused before anything is written."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -651,3 +652,18 @@ def test_missing_csv_is_not_found(fast: Setup) -> None:
     assert code == grpc.StatusCode.NOT_FOUND
     assert "no CSV file 'missing.csv'" in details
     assert _files(fast.repository) == before
+
+
+def test_a_model_holding_a_users_files_is_not_trained_into(fast: Setup) -> None:
+    version = fast.repository / "theirs" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"a user's file (unread: training is refused first)")
+    before = _files(fast.repository)
+    try:
+        code, details = rpc_error(fast.train, _bad("theirs"))
+        after = _files(fast.repository)
+    finally:
+        shutil.rmtree(version.parent)  # the module's other tests share the repository
+    assert after == before
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model 'theirs' holds a user's model files (version 1, Triton's layout)" in details

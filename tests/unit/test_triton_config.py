@@ -168,9 +168,7 @@ def _on(device: str) -> AffineBackend:
         ("instance_group [{ gpus: [0] }]", "cpu", "instance_group[0].gpus [0], but this serv"),
     ],
 )
-def test_another_device_is_refused(
-    tmp_path: Path, text: str, device: str, fragment: str
-) -> None:
+def test_another_device_is_refused(tmp_path: Path, text: str, device: str, fragment: str) -> None:
     config = _read(tmp_path, text)
     with pytest.raises(RepositoryError) as info:
         check_service(config, _on(device))

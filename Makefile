@@ -29,10 +29,13 @@ $(PB_STAMP): $(PROTOS) $(STAMP)
 
 proto: $(PB_STAMP)
 
-# Trains the seed models (house_price) into each framework's repository if missing.
+# Trains the seed models (house_price) into each framework's repository under MODELS if
+# missing. A MODELS that is a Triton model repository (<model>/<version>/...: README "Serve your
+# own models") gets nothing trained into it: it is a user's, served as it is.
 seed: $(PB_STAMP)
 	$(PY) -m devtools.stack seed --models $(MODELS)
 
+# MODELS=DIR: every service on DIR when it is a model repository, else on DIR/<framework>.
 run: seed
 	$(PY) -m devtools.stack --models $(MODELS)
 

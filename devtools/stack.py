@@ -2,6 +2,10 @@
 `devtools/frameworks.json` and the gateway in front of them as child processes, and stops them
 together; `seed` trains the seed model into the repositories that lack it (`make seed`).
 
+`--models` is either our root of one repository per framework (`models/tensorflow`,
+`models/pytorch`), which `seed` fills, or a user's model repository in Triton's layout
+(`<model>/<version>/...`), which every service serves as it is and `seed` never writes into.
+
 `launch` is also what the tests use to start real servers on port 0.
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from devtools.frameworks import FRAMEWORKS_FILE, Framework, frameworks, gateway_frameworks
+from devtools.frameworks import (
+    FRAMEWORKS_FILE,
+    Framework,
+    frameworks,
+    gateway_frameworks,
+    is_model_repository,
+    repository_of,
+)
 
 __all__ = ["Process", "launch", "seed"]
 
@@ -83,12 +95,16 @@ def launch(
 
 
 def _repository(models: Path, framework: Framework) -> list[str]:
-    return ["--model-repository", str(models / framework.repository)]
+    return ["--model-repository", str(repository_of(models, framework))]
 
 
 def seed(models: Path, chosen: Mapping[str, Framework]) -> None:
     """Trains the seed model into the repository of every chosen framework that trains (all
-    at once) and lacks it; RuntimeError naming the one that failed."""
+    at once) and lacks it; RuntimeError naming the one that failed. A user's model repository
+    is left as it is: house_price is ours, not theirs."""
+    if is_model_repository(models):
+        print(f"seed: {models} is a model repository (Triton's layout): nothing is trained into it")
+        return
     running = {
         name: subprocess.Popen([sys.executable, "-m", f.module, "seed", *_repository(models, f)])
         for name, f in chosen.items()
@@ -97,6 +113,55 @@ def seed(models: Path, chosen: Mapping[str, Framework]) -> None:
     failed = [name for name, popen in running.items() if popen.wait() != 0]
     if failed:
         raise RuntimeError(f"seeding failed for {', '.join(failed)}")
+
+
+# The banner's "try:" lines for a user's repository: this many models, then how many more.
+_TRIES = 6
+_ONNX = re.compile(r'^\s*(platform\s*:\s*"onnxruntime_onnx"|backend\s*:\s*"onnxruntime")', re.M)
+
+
+def _models_in(repository: Path) -> list[str]:
+    """The models of a Triton repository: directories with a configuration or a version."""
+    return sorted(
+        model.name
+        for model in repository.iterdir()
+        if model.is_dir()
+        and not model.name.startswith(".")
+        and (
+            (model / "config.pbtxt").is_file()
+            or (model / "config.json").is_file()
+            or any(entry.is_dir() and entry.name.isdecimal() for entry in model.iterdir())
+        )
+    )
+
+
+def _is_onnx(model: Path) -> bool:
+    """Whether every service serves `model` (all have ONNX Runtime): its config.pbtxt names
+    ONNX, or it names no platform and a version holds model.onnx. A hint for the banner; the
+    services decide by serving.engine.layout, which devtools may not import."""
+    config = model / "config.pbtxt"
+    text = config.read_text(errors="replace") if config.is_file() else ""
+    if _ONNX.search(text):
+        return True
+    if re.search(r"^\s*(platform|backend|default_model_filename)\s*:", text, re.M):
+        return False
+    return any((version / "model.onnx").exists() for version in model.glob("[0-9]*"))
+
+
+def _tries(models: Path, served: list[str]) -> list[str]:
+    """What the banner suggests: house_price from each framework in our layout; in a user's
+    repository, its own models (compare: those every framework serves)."""
+    cli = ".venv/bin/twinserve"
+    if not is_model_repository(models):
+        return [f"{cli} predict 1800 --framework {name}" for name in served]
+    names = _models_in(models)
+    lines = [f"{cli} predict {name}" for name in names[:_TRIES]]
+    if len(served) > 1:
+        onnx = [name for name in names if _is_onnx(models / name)][:2]
+        lines += [f"{cli} compare {name}" for name in onnx]
+    if len(names) > _TRIES:
+        lines.append(f"(and {len(names) - _TRIES} more models: {cli} predict MODEL)")
+    return lines
 
 
 def _parse(argv: Sequence[str] | None, known: Mapping[str, Framework]) -> argparse.Namespace:
@@ -162,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines = [f"  {'gateway':<{width}}{gateway.address}   (Open Inference Protocol, gRPC)"]
         lines += [f"  {name:<{width}}{p.address}" for name, p in services.items()]
         metrics = ", ".join(f":{f.metrics_port} ({name})" for name, f in chosen.items())
-        tries = "\n      ".join(
-            f".venv/bin/twinserve predict 1800 --framework {name}" for name in services
-        )
+        tries = "\n      ".join(_tries(opts.models, list(services)))
         print(
             "\ntwinserve is up:\n" + "\n".join(lines) + "\n"
             f"  metrics     http://127.0.0.1:{opts.gateway_metrics_port}/metrics (gateway), "

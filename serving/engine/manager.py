@@ -18,6 +18,7 @@ from serving.engine.loaded import LoadedVersion
 from serving.engine.loading import load_version
 from serving.engine.model_config import ModelConfig, VersionPolicy
 from serving.engine.repository import (
+    META_FILE,
     ModelRepository,
     check_model_name,
 )
@@ -236,7 +237,9 @@ class ModelManager:
             layout = model_layout(self.repository.root / name, config, self.backend)
             on_disk = self.repository.versions(name, layout.files)
             seen = self._fingerprint(name, on_disk, config)
-            skip = check_platform(layout, self.backend, name)
+            skip = check_platform(layout, self.backend, name) or self._trained_elsewhere(
+                name, on_disk
+            )
             if skip is not None:
                 self._skip(name, skip, seen)
                 raise _Skipped(skip)
@@ -297,6 +300,27 @@ class ModelManager:
             self._entries[name] = _Entry(ModelState.READY, fresh, "", failed, seen, config)
             retired = [old for v, old in keep.items() if fresh.get(v) is not old]
         self._retire(retired)
+
+    def _trained_elsewhere(self, name: str, on_disk: list[int]) -> str | None:
+        """Why this service skips `name` when its newest version is ours but was never made
+        for what this backend runs natively (another framework's service trained it into a shared
+        repository); None when it may serve it, or the metadata is unreadable (the load
+        says why)."""
+        if not on_disk or not (self.repository.path(name, on_disk[-1]) / META_FILE).is_file():
+            return None
+        try:
+            meta = self.repository.read_meta(name, on_disk[-1])
+        except ServingError:
+            return None
+        native = self.backend.runtimes["native"]
+        # A refused export counts: loading it says why it is missing, which helps more.
+        offered = {meta.platform} | {record.platform for record in meta.runtimes.values()}
+        if native in offered:
+            return None
+        return (
+            f"model '{name}' was trained by the {meta.framework} service ({meta.platform}); "
+            f"this {self.backend.framework} service serves {native} versions"
+        )
 
     def _nothing_to_serve(self, name: str, on_disk: list[int], layout: ModelLayout) -> str:
         if on_disk:

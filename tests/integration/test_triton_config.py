@@ -14,9 +14,11 @@ import pytest
 
 from serving.backend.fake import AffineBackend
 from serving.engine.model_config import CONFIG_FILE
+from serving.engine.repository import ModelRepository, RuntimeRecord, VersionMeta
 from serving.engine.triton_config import CONFIG_PBTXT
 from serving.pb import inference_pb2 as pb
 from serving.pb import inference_pb2_grpc as pb_grpc
+from serving.types import Signature, TensorSpec
 from tests.integration.conftest import AioThread
 from tests.integration.oip import SEED_MODEL, price_request, prices, rpc_error, train_slope
 
@@ -179,3 +181,27 @@ def test_declared_tensors_made_wrong_under_a_serving_model_are_refused_on_reload
     assert code is Code.FAILED_PRECONDITION
     assert "output 'price_k' data_type FP64, but version 1 takes FP32" in details
     assert still == [pytest.approx(360.0)]
+
+
+def test_a_model_another_framework_trained_into_a_shared_repository_is_skipped(
+    aio: AioThread, seeded_repository: Callable[[], Path]
+) -> None:
+    root = seeded_repository()
+    version = root / "theirs" / "1"
+    version.mkdir(parents=True)
+    signature = Signature(
+        inputs=(TensorSpec("x", "FP32", (-1, 1)),), outputs=(TensorSpec("y", "FP32", (-1, 1)),)
+    )
+    platform = "tensorflow_savedmodel"
+    ModelRepository.write_meta(
+        version,
+        VersionMeta("tensorflow", platform, "linear", signature, runtimes={
+            "native": RuntimeRecord(platform), "onnx": RuntimeRecord("onnxruntime_onnx")
+        }),
+    )  # fmt: skip
+    with _serve(aio, root) as stub:
+        code, details = rpc_error(stub.ModelMetadata, pb.ModelMetadataRequest(name="theirs"))
+        rows = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
+    assert code is Code.NOT_FOUND
+    assert "'theirs' was trained by the tensorflow service (tensorflow_savedmodel)" in details
+    assert [r.name for r in rows] == [SEED_MODEL]

@@ -25,15 +25,23 @@ DEFAULT_TOLERANCE = 1e-3
 
 
 def load_runtime(
-    backend: Backend, version_dir: Path, meta: VersionMeta, runtime: str, *, threads: int = 0
+    backend: Backend,
+    version_dir: Path,
+    meta: VersionMeta,
+    runtime: str,
+    *,
+    threads: int = 0,
+    onnx_device: str | None = None,
 ) -> Model:
+    """`runtime` of the stored version, on the backend's device (ONNX: `onnx_device` if
+    given)."""
     if runtime == "onnx":
         return OnnxModel(
             version_dir / ONNX_FILE,
             [spec.name for spec in meta.signature.inputs],
             [spec.name for spec in meta.signature.outputs],
             threads=threads,
-            device=backend.device,  # where the backend's own runtimes run
+            device=onnx_device or backend.device,  # where the backend's own runtimes run
         )
     return backend.load(version_dir, meta.architecture, runtime)
 
@@ -67,7 +75,11 @@ def export_runtimes(
         diff: float | None = None
         try:
             backend.export(version_dir, meta.architecture, runtime)
-            exported = load_runtime(backend, version_dir, meta, runtime)
+            # An ONNX file is checked on the CPU, which every ONNX Runtime has: a service on
+            # a GPU whose ONNX Runtime lacks CUDA would otherwise refuse (and delete) an
+            # export that is good, for the CPU replicas sharing the repository too. Where
+            # it is served, its device is checked again at load.
+            exported = load_runtime(backend, version_dir, meta, runtime, onnx_device="cpu")
             try:
                 answer = _predict(exported, meta.signature, probe)
             finally:

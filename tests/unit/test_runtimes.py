@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -15,7 +16,7 @@ from serving.backend.fake import AffineBackend
 from serving.engine.onnx_model import ONNX_FILE
 from serving.engine.repository import RuntimeRecord, RuntimeStatus, VersionMeta
 from serving.engine.runtimes import export_runtimes, load_runtime
-from serving.errors import RepositoryError
+from serving.errors import BackendUnavailable, RepositoryError
 
 X = np.linspace(500, 3500, 16, dtype=np.float32).reshape(-1, 1)
 SPEC = TrainSpec(
@@ -169,3 +170,20 @@ def test_a_native_model_that_cannot_load_fails_the_export(tmp_path: Path) -> Non
     (tmp_path / "v" / "affine.json").write_text("garbage")
     with pytest.raises(RepositoryError):
         export_runtimes(backend, tmp_path / "v", meta, X)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this ONNX Runtime has CUDA: the case is a GPU service without it",
+)
+def test_an_onnx_export_made_on_a_gpu_service_is_checked_on_the_cpu(tmp_path: Path) -> None:
+    # This ONNX Runtime has no CUDAExecutionProvider (the CPU build): loading the export on
+    # 'cuda' fails, which must not refuse (and delete) an export that is good.
+    backend = AffineBackend()
+    backend.device = "cuda"
+    meta = _trained(backend, tmp_path / "v")
+    info = export_runtimes(backend, tmp_path / "v", meta, X)
+    assert info["onnx"].status is RuntimeStatus.OK
+    assert ONNX_FILE in _files(tmp_path / "v")
+    with pytest.raises(BackendUnavailable, match="has no CUDAExecutionProvider"):
+        load_runtime(backend, tmp_path / "v", meta, "onnx")  # served where it runs: refused

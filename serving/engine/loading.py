@@ -64,6 +64,11 @@ def load_version(
             default, unavailable = resolved.runtime, _not_exported(backend, resolved.runtime)
         else:
             meta = repository.read_meta(name, version)
+            if config.reshapes:
+                raise RepositoryError(
+                    f"{config.source}: reshape applies to a user's model file; version "
+                    f"{version} is one twinserve trained (its model.json has its shapes)"
+                )
             check_signature(config, meta.signature, version)
             unavailable = _load_runtimes(
                 backend, path, meta, models, label=f"{name} v{version}", threads=threads

@@ -94,6 +94,12 @@ class ModelConfig:
     # Triton's default_model_filename: the file a user's version holds ("" for the
     # platform's default, serving.engine.layout).
     model_filename: str = ""
+    # Triton's reshape: tensor name -> the shape the model takes or gives (batch left out
+    # when max_batch_size > 0), where clients send and get the declared dims.
+    reshapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # output name -> its label_filename (Triton's classification labels), in the model's
+    # directory.
+    labels: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def read(cls, path: Path) -> ModelConfig:

@@ -15,7 +15,12 @@ Honoured:
     max_batch_size         the rows a request may have; with dynamic_batching the largest batch
     dynamic_batching       preferred_batch_size, max_queue_delay_microseconds,
                            default_queue_policy { max_queue_size }
-    input, output          name, data_type, dims: our own versions' signatures must match them
+    input, output          name, data_type, dims (input.format FORMAT_NHWC/NCHW: 3 dims,
+                           as in Triton; output.label_filename: a file in the model's
+                           directory, kept for the classification extension, which is
+                           refused per request; reshape: a user's file gets (and gives)
+                           tensors of that shape, clients send and get dims);
+                           our own versions' signatures must match them
                            exactly; a user's model file is served by them (and checked against
                            what the file declares); with max_batch_size > 0 the dims leave out
                            the batch dimension (Triton's meaning). Left out: auto-completed
@@ -26,7 +31,7 @@ Honoured:
 
 Logged, not honoured: `instance_group.count` (one instance serves each version; concurrency is
 the service's setting). Refused when set, because nothing here acts on them yet:
-`input.format`, `input.optional`, and dynamic_batching's
+`input.optional`, `is_shape_tensor`, `allow_ragged_batch`, and dynamic_batching's
 `preserve_ordering`, priorities and queue timeouts. Every other Triton field (optimization,
 sequence_batching, ensemble_scheduling, model_warmup, ...) is not in the schema, so text format
 refuses it as an unknown field. Nothing is ignored silently.
@@ -38,6 +43,7 @@ what the parser refuses, `<model>/config.pbtxt: <field> ...` for the checks afte
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import replace
@@ -80,7 +86,8 @@ _TOP = {
 # A file name inside the version directory: no path, nothing hidden.
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _BATCHING = {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy"}
-_TENSOR = {"name", "data_type", "dims"}
+_INPUT = {"name", "data_type", "dims", "format", "reshape"}
+_OUTPUT = {"name", "data_type", "dims", "reshape", "label_filename"}
 _OURS = {CONFIG_ARCHITECTURE_PARAM, CONFIG_RUNTIMES_PARAM, FRAMEWORK_PARAM}
 
 
@@ -130,13 +137,22 @@ def _convert(message: pb.ModelConfig, model: str, source: str) -> ModelConfig:
     for key, _ in parameters:
         if key in _OURS:
             raise ValueError(f"parameters '{key}' is twinserve's own (the service sets it)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    inputs = _tensors(message.input, "input", shapes)
+    outputs = _tensors(message.output, "output", shapes)
+    labels = tuple((o.name, o.label_filename) for o in message.output if o.label_filename)
+    for name, label_file in labels:
+        if not _FILE_NAME.match(label_file):
+            raise ValueError(f"output '{name}' label_filename '{label_file}' must be a file name")
     return replace(
         ModelConfig.from_mapping(raw),
         source=source,
         platform=message.platform,
         backend=message.backend,
-        inputs=_tensors(message.input, "input"),
-        outputs=_tensors(message.output, "output"),
+        inputs=inputs,
+        outputs=outputs,
+        reshapes=tuple(sorted(shapes.items())),
+        labels=labels,
         instance_groups=tuple(_group(g, i) for i, g in enumerate(message.instance_group)),
         parameters=parameters,
         model_filename=filename,
@@ -166,12 +182,15 @@ def _batching(batching: pb.ModelDynamicBatching) -> dict[str, Any]:
 
 
 def _tensors(
-    declared: Iterable[pb.ModelInput | pb.ModelOutput], kind: str
+    declared: Iterable[pb.ModelInput | pb.ModelOutput],
+    kind: str,
+    shapes: dict[str, tuple[int, ...]],
 ) -> tuple[TensorSpec, ...] | None:
+    """The declared tensors; each `reshape` goes into `shapes` (name -> the model's shape)."""
     specs: list[TensorSpec] = []
     for index, tensor in enumerate(declared):
         where = f"{kind}[{index}]"
-        _refuse_unsupported(tensor, _TENSOR, f"{where}.")
+        _refuse_unsupported(tensor, _INPUT if kind == "input" else _OUTPUT, f"{where}.")
         if not tensor.name:
             raise ValueError(f"{where}.name is missing")
         if any(spec.name == tensor.name for spec in specs):
@@ -181,8 +200,31 @@ def _tensors(
             raise ValueError(f"{where}.data_type must be a TYPE_ other than TYPE_INVALID")
         if any(dim < -1 for dim in tensor.dims):
             raise ValueError(f"{where}.dims {list(tensor.dims)}: a dim is -1 or a size")
-        specs.append(TensorSpec(tensor.name, datatype, tuple(tensor.dims)))
+        dims = tuple(tensor.dims)
+        if isinstance(tensor, pb.ModelInput) and tensor.format and len(dims) != 3:
+            # Triton's rule: an image format names the 3 non-batch dimensions.
+            raise ValueError(
+                f"{where}.format {pb.ModelInput.Format.Name(tensor.format)} needs 3 dims "
+                f"(CHW or HWC, the batch left out), got {list(dims)}"
+            )
+        if tensor.HasField("reshape"):
+            shapes[tensor.name] = _reshape(tuple(tensor.reshape.shape), dims, where)
+        specs.append(TensorSpec(tensor.name, datatype, dims))
     return tuple(specs) or None
+
+
+def _reshape(shape: tuple[int, ...], dims: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """Triton's reshape: the model's shape for a tensor whose clients send `dims`; the same
+    number of elements (one -1 on each side stands for the same count)."""
+    if any(dim < -1 for dim in shape) or shape.count(-1) > 1 or dims.count(-1) > 1:
+        raise ValueError(f"{where}.reshape {list(shape)}: sizes, and at most one -1 each side")
+    if (-1 in shape) != (-1 in dims) or math.prod(d for d in shape if d != -1) != math.prod(
+        d for d in dims if d != -1
+    ):
+        raise ValueError(
+            f"{where}.reshape {list(shape)} does not hold the elements of dims {list(dims)}"
+        )
+    return shape
 
 
 def _group(group: pb.ModelInstanceGroup, index: int) -> InstanceGroup:

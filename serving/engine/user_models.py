@@ -11,8 +11,11 @@ and, with it above 1 and no batcher configured, a dynamic batcher with default s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from serving.backend import Backend, Model, ModelFile
 from serving.engine.layout import ONNX_PLATFORM, ModelLayout
@@ -84,6 +87,7 @@ def resolve_user_version(
         outputs = outputs if outputs is not None else described.outputs
     signature = Signature(inputs=inputs, outputs=outputs)
     _check_batch_dims(signature, config.max_batch_size)
+    _check_labels(version_dir.parent, config)
     runtime = _runtime_for(layout.platform, backend)
     meta = VersionMeta(
         framework=backend.framework,
@@ -92,7 +96,63 @@ def resolve_user_version(
         signature=signature,
         runtimes={runtime: RuntimeRecord(layout.platform)},
     )
-    return UserVersion(meta, config, ModelFile(path, signature), runtime)
+    return UserVersion(meta, config, ModelFile(path, _model_side(signature, config)), runtime)
+
+
+def _model_side(signature: Signature, config: ModelConfig) -> Signature:
+    """The tensors as the model file takes and gives them: Triton's reshape applied."""
+    shapes = dict(config.reshapes)
+    if not shapes:
+        return signature
+    batched = config.max_batch_size > 0
+
+    def side(spec: TensorSpec) -> TensorSpec:
+        shape = shapes.get(spec.name)
+        if shape is None:
+            return spec
+        return replace(spec, shape=(-1, *shape) if batched else shape)
+
+    return Signature(
+        inputs=tuple(side(s) for s in signature.inputs),
+        outputs=tuple(side(s) for s in signature.outputs),
+    )
+
+
+def _check_labels(model_dir: Path, config: ModelConfig) -> None:
+    for output, filename in config.labels:
+        if not (model_dir / filename).is_file():
+            raise RepositoryError(
+                f"{config.source}: output '{output}' label_filename '{filename}' is not a file "
+                "in the model's directory"
+            )
+
+
+class _Reshaped:
+    """A model whose tensors clients send and get in other shapes (Triton's reshape): the
+    inputs reshaped on the way in, the outputs on the way out, the batch kept first."""
+
+    def __init__(self, model: Model, client: Signature, own: Signature, batched: bool) -> None:
+        self._model = model
+        self._batched = batched
+        self._in = {s.name: o.shape for s, o in zip(client.inputs, own.inputs, strict=True)}
+        self._out = {s.name: s.shape for s in client.outputs}
+
+    def _shape(self, array: np.ndarray, target: tuple[int, ...]) -> tuple[int, ...]:
+        return (len(array), *target[1:]) if self._batched else target
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        fed = {
+            name: array.reshape(self._shape(array, self._in[name])) if name in self._in else array
+            for name, array in inputs.items()
+        }
+        answers = self._model.predict(fed)
+        return {
+            name: array.reshape(self._shape(array, self._out[name])) if name in self._out else array
+            for name, array in answers.items()
+        }
+
+    def close(self) -> None:
+        self._model.close()
 
 
 def _auto_batch(config: ModelConfig, described: Signature, default: int) -> ModelConfig:
@@ -118,14 +178,19 @@ def _check_batch_dims(signature: Signature, max_batch_size: int) -> None:
 
 
 def load_user_model(backend: Backend, user: UserVersion, *, threads: int) -> Model:
-    signature = user.meta.signature
+    own = user.file.signature  # what the file takes and gives
+    model: Model
     if user.meta.platform == ONNX_PLATFORM:
-        return OnnxModel(
+        model = OnnxModel(
             user.file.path,
-            [spec.name for spec in signature.inputs],
-            [spec.name for spec in signature.outputs],
+            [spec.name for spec in own.inputs],
+            [spec.name for spec in own.outputs],
             threads=threads,
             device=backend.device,
-            signature=signature,
+            signature=own,
         )
-    return backend.load_file(user.file)
+    else:
+        model = backend.load_file(user.file)
+    if own == user.meta.signature:
+        return model
+    return _Reshaped(model, user.meta.signature, own, user.config.max_batch_size > 0)

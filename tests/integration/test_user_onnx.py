@@ -56,6 +56,50 @@ def _identity_model(path: Path, datatypes: list[str]) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+# Triton's quick-start densenet_onnx, in miniature: an image format, reshapes on both sides
+# (the graph takes [1, 3, 4, 4] and gives [1, 3, 1, 1]; clients send [3, 4, 4], get [3]) and
+# a label file.
+DENSENET_LIKE = """
+name: "densenet_like"
+platform: "onnxruntime_onnx"
+max_batch_size : 0
+input [
+  {
+    name: "data_0"
+    data_type: TYPE_FP32
+    format: FORMAT_NCHW
+    dims: [ 3, 4, 4 ]
+    reshape { shape: [ 1, 3, 4, 4 ] }
+  }
+]
+output [
+  {
+    name: "fc6_1"
+    data_type: TYPE_FP32
+    dims: [ 3 ]
+    reshape { shape: [ 1, 3, 1, 1 ] }
+    label_filename: "labels.txt"
+  }
+]
+"""
+
+
+def _image_model(directory: Path) -> None:
+    node = helper.make_node("ReduceMean", ["data_0"], ["fc6_1"], axes=[2, 3], keepdims=1)
+    graph = helper.make_graph(
+        [node],
+        "pool",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, 3, 1, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (directory / "1").mkdir(parents=True)
+    (directory / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    (directory / "config.pbtxt").write_text(DENSENET_LIKE)
+    (directory / "labels.txt").write_text("red\ngreen\nblue\n")
+
+
 def _values(datatype: str, rows: int) -> np.ndarray:
     rng = np.random.default_rng(rows)
     dtype = TYPES[datatype][1]
@@ -82,6 +126,12 @@ def stub(aio: AioThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     )
     (root / "affine" / "config.pbtxt").write_text(
         'backend: "numpy"\ndefault_model_filename: "weights.json"\n'
+    )
+    _image_model(root / "densenet_like")
+    _image_model(root / "no_labels")
+    (root / "no_labels" / "labels.txt").unlink()
+    (root / "no_labels" / "config.pbtxt").write_text(
+        DENSENET_LIKE.replace('name: "densenet_like"', "")
     )
     with (
         aio.service(root, AffineBackend(), repository_poll_s=0) as service,
@@ -175,3 +225,26 @@ def test_a_users_file_of_the_services_own_platform_is_served_by_its_backend(stub
     (raw,) = response.raw_output_contents
     assert (config.platform, config.default_model_filename) == ("numpy_affine", "weights.json")
     assert np.frombuffer(raw, "<f4").tolist() == pytest.approx([366.0, 207.0])
+
+
+def test_a_triton_quickstart_style_config_reshapes_both_ways(stub: Stub) -> None:
+    image = np.arange(48, dtype=np.float32).reshape(3, 4, 4)
+    request = pb.ModelInferRequest(model_name="densenet_like")
+    request.inputs.add(name="data_0", datatype="FP32", shape=[3, 4, 4])
+    request.raw_input_contents.append(image.tobytes())
+    response = stub.ModelInfer(request, timeout=10)
+    metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name="densenet_like"), timeout=10)
+    (out,) = response.outputs
+    (raw,) = response.raw_output_contents
+    assert [list(t.shape) for t in metadata.inputs] == [[3, 4, 4]]
+    assert list(out.shape) == [3]
+    assert np.frombuffer(raw, "<f4").tolist() == image.mean(axis=(1, 2)).tolist()
+
+
+def test_a_label_file_that_is_not_there_fails_that_model_only(stub: Stub) -> None:
+    code, details = rpc_error(
+        stub.ModelMetadata, pb.ModelMetadataRequest(name="no_labels"), timeout=10
+    )
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "output 'fc6_1' label_filename 'labels.txt' is not a file in the model's" in details
+    assert stub.ModelReady(pb.ModelReadyRequest(name="densenet_like"), timeout=10).ready

@@ -99,7 +99,7 @@ def test_version_policies_and_the_empty_file(
     [
         # What text format refuses: the line and column, then the field.
         ('name: "price"\noptimization { }', ':2:1: Message type "inference.ModelConfig" has no'),
-        ("input [ { name: 'x' reshape { shape: [1] } } ]", ':1:21: Message type "inference.M'),
+        ("input [ { name: 'x' is_shape_tensor: 1 } ]", ':1:21: Message type "inference.Mod'),
         ("max_batch_size: 4\ninput [{ data_type: TYPE_FOO }]", ":2:21: 'input [{ data_type: TYP"),
         ('max_batch_size: "four"', ":1:17: 'max_batch_size:"),
         ("max_batch_size: 1\nmax_batch_size: 2", ':2:17: Message type "inference.ModelConfig" sh'),
@@ -108,7 +108,15 @@ def test_version_policies_and_the_empty_file(
         ("dynamic_batching { }", ": dynamic_batching needs max_batch_size of at least 1"),
         ("max_batch_size: -1", ": max_batch_size must be an integer of at least 0, got -1"),
         ('default_model_filename: "../m.pt"', ": default_model_filename '../m.pt' must be a f"),
-        ("input [{ name: 'x' data_type: TYPE_FP32 format: FORMAT_NCHW }]", ": input[0].format"),
+        ("input [{ name: 'x' data_type: TYPE_FP32 format: FORMAT_NCHW }]", ": input[0].format F"),
+        (
+            "input [{ name: 'x' data_type: TYPE_FP32 dims: [2, 3] reshape { shape: [5] } }]",
+            ": input[0].reshape [5] does not hold the elements of dims [2, 3]",
+        ),
+        (
+            "output [{ name: 'y' data_type: TYPE_FP32 dims: [1] label_filename: '../l' }]",
+            ": output 'y' label_filename '../l' must be a file name",
+        ),
         ("output [{ name: 'y' data_type: TYPE_FP32 dims: [-2] }]", ": output[0].dims [-2]: a "),
         ("input [{ name: 'x' }]", ": input[0].data_type must be a TYPE_ other than TYPE_INVALID"),
         ("input [{ data_type: TYPE_FP32 }]", ": input[0].name is missing"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from serving.backend import Backend
 from serving.engine.model_config import ModelConfig
+from serving.engine.repository import META_FILE
 from serving.errors import RepositoryError
 
 __all__ = [
@@ -132,8 +133,6 @@ def model_layout(directory: Path, config: ModelConfig, backend: Backend) -> Mode
 
 def _files_in(directory: Path) -> Iterable[str]:
     """The default model files in `directory`'s user versions (those without model.json)."""
-    from serving.engine.repository import META_FILE  # noqa: PLC0415 (repository imports us)
-
     if not directory.is_dir():
         return  # not in the repository: the caller says so
     for entry in directory.iterdir():

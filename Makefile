@@ -77,6 +77,14 @@ peers:
 loadtest: $(PB_STAMP)
 	$(PY) -m loadtest --model-repository $(MODELS) --out loadtest-report $(LOADTEST_ARGS)
 
+# The offline GPU host's kit (devtools/gpu_kit.py, INSTALL.md inside): dist/gpu-kit/ (~40 MB)
+# with the project's wheel, protobuf modules generated in, and the wheels the PyTorch service,
+# the gateway and the load test need on Python 3.11 and 3.12, manylinux x86_64. No torch,
+# TensorFlow, CUDA, onnxruntime or NumPy: the host's are used. GPU_KIT_ARGS='--python 3.12'.
+.PHONY: gpu-kit
+gpu-kit: $(STAMP)
+	$(PY) -m devtools.gpu_kit build --out dist/gpu-kit $(GPU_KIT_ARGS)
+
 lint: $(PB_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -16,12 +16,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtest.devices import DeviceProbe, gpu_unavailable
+from loadtest import plots
+from loadtest.devices import DeviceProbe, gpu_libraries, gpu_unavailable
 from loadtest.generator import ClientPool, default_processes
 from loadtest.matrix import Cell, Outcome, References, Target, run_target, targets_for
 from loadtest.progress import Progress
@@ -103,6 +104,8 @@ class _Run:
         if self.remote and len(self.devices) != 1:
             self.devices = ["cpu"] if args.devices == "cpu,cuda" else self.devices[:1]
         self.outcomes: list[Outcome] = []
+        # Frameworks whose repository could not be seeded: their cells say why, everywhere.
+        self.unseeded: dict[str, str] = {}
         per_device = sum(
             len(targets_for([w], "cpu", self.frameworks, echo=not self.remote and not args.no_echo))
             for w in self.workloads
@@ -117,6 +120,17 @@ class _Run:
         for target in targets:
             for c in self.concurrencies:
                 self.record(Outcome(Cell(target, c), "not available", reason))
+
+    def _keep(self, targets: list[Target], why: Callable[[Target], str | None]) -> list[Target]:
+        """The targets `why` finds nothing against; the others' cells say what it found."""
+        kept = []
+        for target in targets:
+            reason = why(target)
+            if reason:
+                self.skip([target], reason)
+            else:
+                kept.append(target)
+        return kept
 
     def served(self, endpoints: Endpoints, targets: list[Target]) -> dict[str, Served]:
         """What each target endpoint serves of each model that is not built in: read before
@@ -167,18 +181,13 @@ class _Run:
             metadata = ((AUTHORIZATION_HEADER, f"Bearer {token}"),) if token else ()
             self.measure(Endpoints(direct, self.args.gateway, metadata=metadata), targets, pool)
             return
-        runnable = list(targets)
-        frameworks = list(self.frameworks)
+        runnable = self._keep(targets, lambda t: self.unseeded.get(t.framework))
         if device != "cpu" and probe is not None:
             reasons = probe.reasons()
-            runnable = []
-            for t in targets:
-                why = gpu_unavailable(t.framework, t.runtime, reasons)
-                if why:
-                    self.skip([t], f"{why}")
-                else:
-                    runnable.append(t)
-            frameworks = [f for f in self.frameworks if any(t.framework == f for t in runnable)]
+            runnable = self._keep(
+                runnable, lambda t: gpu_unavailable(t.framework, t.runtime, reasons)
+            )
+        frameworks = [f for f in self.frameworks if any(t.framework == f for t in runnable)]
         if not runnable:
             return
         stack = LocalStack(self.args.model_repository, self.args.out / "logs")
@@ -189,20 +198,31 @@ class _Run:
             stack.stop()
             self.skip(runnable, f"the service did not start: {exc}")
             return
+        # One framework that did not start (TensorFlow missing here) leaves the rest measured.
+        failures = {
+            name: f"the service did not start: {why}" for name, why in stack.failures.items()
+        }
+        started = self._keep(runnable, lambda t: failures.get(t.framework))
         try:
-            self.measure(endpoints, runnable, pool)
+            self.measure(endpoints, started, pool)
         finally:
             stack.stop()
 
     def execute(self) -> dict[str, Any]:
         started = time.monotonic()
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        probe = None if self.remote else DeviceProbe()
+        # Only the selected frameworks' libraries are probed, and seeded, and started: a host
+        # without TensorFlow runs `--frameworks pytorch` without ever importing it.
+        probe = None if self.remote else DeviceProbe(libraries=gpu_libraries(self.frameworks))
         if not self.remote:
             self.args.out.mkdir(parents=True, exist_ok=True)
             (self.args.out / "logs").mkdir(exist_ok=True)
             self.progress.note(f"seeding models into {self.args.model_repository} if missing ...")
-            seed_models(self.args.model_repository, self.args.out / "logs" / "seed.log")
+            self.unseeded = seed_models(
+                self.args.model_repository, self.args.out / "logs" / "seed.log", self.frameworks
+            )
+            for framework, why in self.unseeded.items():
+                self.progress.note(f"{framework}: {why}")
         with ClientPool(self.args.clients) as pool:
             for device in self.devices:
                 self.device(device, pool, probe)
@@ -216,6 +236,8 @@ class _Run:
             "settings": settings,
             "machine": machine(),
             "gpu_probe": probe.reasons() if probe else "not probed (remote endpoints)",
+            # What the report lacks here and why (plots without matplotlib).
+            "notes": [note for note in (plots.unavailable(),) if note],
         }
 
 
@@ -227,3 +249,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_table(run.outcomes, sys.stdout)
     print(f"\n{len(run.outcomes)} cells in {info['elapsed_s']:.0f} s; report: "
           + ", ".join(str(p) for p in written[:3]) + f" and {len(written) - 3} plots")  # fmt: skip
+    for note in info["notes"]:
+        print(f"note: {note}")

@@ -1,19 +1,30 @@
-"""The report's PNG plots (matplotlib, no display needed)."""
+"""The report's PNG plots (matplotlib, no display needed). Without matplotlib (the GPU host's
+kit leaves it out: ~20 MB of wheels per Python) there are none, and `unavailable()` says so
+for the report; everything else in the report is unaffected."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display in CI or a container
-import matplotlib.pyplot as plt
 import numpy as np
 
 from loadtest.matrix import RUNTIMES, Outcome
 
-__all__ = ["plot_all"]
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display in CI or a container
+    import matplotlib.pyplot as plt
+except ImportError as exc:
+    _MISSING: str | None = f"plots skipped: matplotlib is not installed ({exc})"
+else:
+    _MISSING = None
+
+__all__ = ["plot_all", "unavailable"]
+
+logger = logging.getLogger(__name__)
 
 # Percentiles drawn on a "nines" axis: x = 1 / (1 - p), log scale.
 _PERCENTILES = np.array([50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99])
@@ -141,8 +152,17 @@ def _cpu_gpu(outcomes: list[Outcome], model: str, path: Path) -> None:
     plt.close(fig)
 
 
+def unavailable() -> str | None:
+    """Why this environment draws no plots (a note for the report), or None."""
+    return _MISSING
+
+
 def plot_all(outcomes: list[Outcome], out: Path) -> list[Path]:
-    """Writes every plot under `out`; returns their paths."""
+    """Writes every plot under `out`; returns their paths: none without matplotlib (logged
+    once per report; `unavailable()` gives the note)."""
+    if _MISSING is not None:
+        logger.warning("%s", _MISSING)
+        return []
     written = []
     groups: dict[tuple[str, int, str], list[Outcome]] = defaultdict(list)
     for o in _good(outcomes):

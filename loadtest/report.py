@@ -1,5 +1,6 @@
 """The report: JSON and CSV with every figure, a Markdown page with the plots, and the
-terminal table."""
+terminal table. Throughput is given twice: requests/s, and samples/s (rows per request, the
+batch, times requests/s), since a bigger batch trades one for the other."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from loadtest.matrix import Outcome
-from loadtest.plots import plot_all
+from loadtest.plots import plot_all, unavailable
 from loadtest.summary import COLUMNS, cpu_vs_gpu, row, winners
 from serving.machine import cpu_model
 
-__all__ = ["machine", "write_report", "write_table"]
+__all__ = ["machine", "samples_per_s", "write_report", "write_table"]
 
 _LIBRARIES = (
     "twinserve", "grpcio", "protobuf", "numpy", "tensorflow", "tensorflow-cpu", "tf2onnx",
@@ -63,6 +64,37 @@ def machine() -> dict[str, Any]:
     }
 
 
+def samples_per_s(outcome: Outcome) -> float | None:
+    """Rows answered per second: the batch times the correct answers per second."""
+    if outcome.result is None:
+        return None
+    return outcome.cell.target.batch * outcome.result.throughput
+
+
+def _row(outcome: Outcome) -> dict[str, Any]:
+    """summary.row with samples/s beside requests/s (the CSV's `_COLUMNS`)."""
+    samples = samples_per_s(outcome)
+    return {**row(outcome), "samples_per_s": "" if samples is None else round(samples, 1)}
+
+
+_COLUMNS = [
+    name for column in COLUMNS
+    for name in ((column, "samples_per_s") if column == "throughput_per_s" else (column,))
+]  # fmt: skip
+
+
+def _cell(outcome: Outcome) -> dict[str, Any]:
+    """A cell of report.json: the outcome, with samples/s beside the result's requests/s."""
+    cell = outcome.to_dict()
+    if cell["result"] is not None:
+        cell["result"]["samples_per_s"] = samples_per_s(outcome)
+    return cell
+
+
+def _rate(value: Any) -> str:
+    return "" if value == "" else f"{value:,.0f}"
+
+
 def _ms(value: Any) -> str:
     return "" if value == "" or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
@@ -73,11 +105,12 @@ def write_table(outcomes: list[Outcome], out: TextIO) -> None:
     header = f"{'model':12} {'b':>3} {'device':6} {'target':34} {'c':>3} " + " ".join(
         f"{name:>8}" for name in figure_names
     )
+    header += f" {'samples/s':>10}"
     header += "  notes"
     print(header, file=out)
     print("-" * len(header), file=out)
     for o in outcomes:
-        r = row(o)
+        r = _row(o)
         notes = "; ".join(
             part for part in (
                 "" if o.status == "ok" else f"{o.status}: {o.reason}",
@@ -91,7 +124,7 @@ def write_table(outcomes: list[Outcome], out: TextIO) -> None:
         print(
             f"{r['model']:12} {r['batch']:>3} {r['device']:6} {r['target']:34} "
             f"{r['concurrency']:>3} "
-            f"{figures} {tput}  {notes}",
+            f"{figures} {tput} {_rate(r['samples_per_s']):>10}  {notes}",
             file=out,
         )
 
@@ -110,9 +143,13 @@ def _markdown(outcomes: list[Outcome], run: dict[str, Any], plots: list[Path]) -
         "Closed loop: each concurrency level keeps that many calls in flight (spread over the "
         "client processes) for the duration, after a warm-up that is not recorded. Latency is "
         "per correct answer, in ms, from an HDR histogram; every answer is checked, and a wrong "
-        "one counts as a failure. `not available` cells say why they did not run.",
+        "one counts as a failure. `not available` cells say why they did not run. req/s "
+        "counts correct answers; samples/s is the batch times req/s.",
         "",
     ]
+    missing = unavailable()  # a host without matplotlib (the GPU kit's) still gets the tables
+    if missing:
+        lines += [f"{missing[0].upper()}{missing[1:]}.", ""]
     groups: dict[tuple[str, int, str], list[Outcome]] = {}
     for o in outcomes:
         t = o.cell.target
@@ -120,15 +157,15 @@ def _markdown(outcomes: list[Outcome], run: dict[str, Any], plots: list[Path]) -
     for (model, batch, device), members in groups.items():
         lines += [f"## {model}, batch {batch}, {device}", ""]
         lines += [
-            "| target | c | p50 | p90 | p99 | p99.9 | max | mean | req/s | errors | client CPU "
-            "| notes |"
+            "| target | c | p50 | p90 | p99 | p99.9 | max | mean | req/s | samples/s | errors "
+            "| client CPU | notes |"
         ]
-        lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for o in members:
-            r = row(o)
+            r = _row(o)
             if o.result is None:
                 lines.append(
-                    f"| {r['target']} | {r['concurrency']} | {o.status}: {o.reason} |||||||||| "
+                    f"| {r['target']} | {r['concurrency']} | {o.status}: {o.reason} |||||||||||"
                 )
                 continue
             notes = "" if o.status == "ok" else f"{o.status}: {o.reason}"
@@ -139,7 +176,8 @@ def _markdown(outcomes: list[Outcome], run: dict[str, Any], plots: list[Path]) -
             )
             lines.append(
                 f"| {r['target']} | {r['concurrency']} | {figures} | "
-                f"{r['throughput_per_s']:,.0f} | {r['errors'] or 0} | "
+                f"{_rate(r['throughput_per_s'])} | {_rate(r['samples_per_s'])} | "
+                f"{r['errors'] or 0} | "
                 f"{r['client_cpu_max']} x{r['client_processes']} | {notes.strip()} |"
             )
         lines.append("")
@@ -186,12 +224,12 @@ def write_report(outcomes: list[Outcome], run: dict[str, Any], out: Path) -> lis
     """Writes report.json, report.csv, report.md and the plots under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     run = {**run, "winners": winners(outcomes), "cpu_vs_gpu": cpu_vs_gpu(outcomes)}
-    payload = {**run, "cells": [o.to_dict() for o in outcomes]}
+    payload = {**run, "cells": [_cell(o) for o in outcomes]}
     (out / "report.json").write_text(json.dumps(payload, indent=2, default=str, allow_nan=True))
     with (out / "report.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
+        writer = csv.DictWriter(handle, _COLUMNS)
         writer.writeheader()
-        writer.writerows(row(o) for o in outcomes)
+        writer.writerows(_row(o) for o in outcomes)
     plots = plot_all(outcomes, out)
     (out / "report.md").write_text(_markdown(outcomes, run, plots))
     return [out / "report.json", out / "report.csv", out / "report.md", *plots]

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hdrh.histogram import HdrHistogram
-
-from loadtest.worker import ShareResult, new_histogram
+from loadtest.histogram import Histogram, new_histogram
+from loadtest.worker import ShareResult
 
 __all__ = ["PERCENTILES", "LoadResult"]
 
@@ -29,8 +28,8 @@ class LoadResult:
     mode: str  # "closed" or "open"
     concurrency: int  # closed loop: calls in flight (all processes together)
     rate: float  # open loop: intended calls per second (all processes together)
-    latency: HdrHistogram  # correct answers only
-    send_lag: HdrHistogram
+    latency: Histogram  # correct answers only (loadtest.histogram: HdrHistogram or NumPy's)
+    send_lag: Histogram
     ok: int = 0
     wrong_answers: int = 0
     wrong_example: str | None = None
@@ -125,6 +124,7 @@ class LoadResult:
             "client_cpu_cores": self.client_cpu,
             "client_saturated": self.client_saturated,
             "send_lag_p99_ms": float(self.send_lag.get_value_at_percentile(99)) / 1000,
-            # The whole distribution, for re-analysis (HdrHistogram's compressed base64 form).
+            # The whole distribution, for re-analysis: HdrHistogram's compressed base64 form,
+            # or the NumPy fallback's samples (loadtest.histogram.decode reads both).
             "histogram_us": self.latency.encode().decode("ascii"),
         }

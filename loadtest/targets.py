@@ -7,15 +7,21 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.frameworks import frameworks, gateway_frameworks, is_model_repository, repository_of
+from devtools.frameworks import (
+    Framework,
+    frameworks,
+    gateway_frameworks,
+    is_model_repository,
+    repository_of,
+)
 from devtools.stack import Process, launch
 
-__all__ = ["FRAMEWORKS", "Endpoints", "LocalStack", "seed_models"]
+__all__ = ["FRAMEWORKS", "Endpoints", "LocalStack", "seed_models", "seeders"]
 
 # The frameworks of devtools/frameworks.json: their services' modules and repositories.
 KNOWN = frameworks()
@@ -50,38 +56,45 @@ def _stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def seed_models(models: Path, log: Path) -> None:
-    """Trains the seed model (house_price) into each training framework's repository if
-    missing (a framework that does not train serves one of those). Nothing is written into a
-    user's Triton model repository, which every service serves as it is: house_price is then
-    one more model, measured if it is there."""
+def seeders(frameworks: Iterable[str]) -> list[Framework]:
+    """The training frameworks that fill the repositories `frameworks` serve: each one's own,
+    and for one that does not train, the trainer of the repository it serves (onnx serves
+    pytorch's). `--frameworks pytorch,onnx` seeds pytorch only; tensorflow is never touched
+    unless selected, so a host without TensorFlow can run the rest."""
+    repositories = {KNOWN[name].repository for name in frameworks}
+    return [f for f in KNOWN.values() if f.trains and f.repository in repositories]
+
+
+def seed_models(models: Path, log: Path, frameworks: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
+    """Trains the seed model (house_price) into the repositories of `frameworks` where it is
+    missing (see `seeders`). Nothing is written into a user's Triton model repository, which
+    every service serves as it is: house_price is then one more model, measured if it is
+    there. Returns why seeding failed, by framework served from a repository left unseeded
+    (empty when all went well); the others are seeded whatever happened to those."""
     if is_model_repository(models):
-        return
-    waiting = []
+        return {}
+    frameworks = tuple(frameworks)
+    waiting: dict[str, subprocess.Popen[bytes]] = {}
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        for framework in KNOWN.values():
+        for framework in seeders(frameworks):
             repository = repository_of(models, framework)
-            if not framework.trains or any(
-                p.name.isdigit() for p in (repository / "house_price").glob("*")
-            ):
+            if any(p.name.isdigit() for p in (repository / "house_price").glob("*")):
                 continue
-            waiting.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        framework.module,
-                        "seed",
-                        "--model-repository",
-                        str(repository),
-                    ],
-                    stdout=out,
-                    stderr=out,
-                )
+            command = [sys.executable, "-m", framework.module, "seed"]
+            waiting[framework.repository] = subprocess.Popen(
+                [*command, "--model-repository", str(repository)], stdout=out, stderr=out
             )
-        for process in waiting:
-            if process.wait() != 0:
-                raise RuntimeError(f"seeding failed: see {log}")
+        failed = {
+            repository: f"seeding {repository}/ failed (exit {process.wait()}): see {log}"
+            for repository, process in waiting.items()
+            if process.wait() != 0
+        }
+    return {
+        name: failed[KNOWN[name].repository]
+        for name in frameworks
+        if KNOWN[name].repository in failed
+    }
 
 
 class LocalStack:
@@ -91,10 +104,14 @@ class LocalStack:
         self.models = models
         self.logs = logs
         self.processes: list[Process] = []
+        # Why a framework's service did not start (the last `start`): the others still run.
+        self.failures: dict[str, str] = {}
 
     def start(self, device: str, frameworks: tuple[str, ...], *, echo: bool) -> Endpoints:
         """Starts each of `frameworks`' services on `device` (in parallel), a gateway in front
-        of them, and the echo floor if asked. Raises RuntimeError if one fails to start."""
+        of those that started, and the echo floor if asked. One that fails is left out, its
+        reason in `failures` (a host without TensorFlow still measures PyTorch); RuntimeError
+        if none starts."""
         env = {
             "TWINSERVE_DEVICE": device,
             "TWINSERVE_LOG_LEVEL": "WARNING",
@@ -114,20 +131,23 @@ class LocalStack:
                 for name in frameworks
             }
             floor = pool.submit(launch, "echo", "benchmarks.echo_server") if echo else None
-            failures = []
+            self.failures = {}
             for name, future in started.items():
                 try:
                     process = future.result()
                 except RuntimeError as exc:
-                    failures.append(f"{name}: {exc}")
+                    self.failures[name] = f"{exc} (on {device}; log: {log})"
                     continue
                 self.processes.append(process)
                 endpoints.direct[name] = process.address
             if floor is not None:
-                self.processes.append(floor.result())
-                endpoints.echo = self.processes[-1].address
-            if failures:
-                raise RuntimeError(f"{'; '.join(failures)} (on {device}; log: {log})")
+                try:
+                    self.processes.append(floor.result())
+                    endpoints.echo = self.processes[-1].address
+                except RuntimeError as exc:
+                    self.failures["echo"] = f"{exc} (log: {log})"
+            if not endpoints.direct and frameworks:
+                raise RuntimeError("; ".join(f"{n}: {why}" for n, why in self.failures.items()))
             if endpoints.direct:
                 gateway = launch(
                     f"gateway-{device}",

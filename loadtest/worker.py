@@ -21,27 +21,21 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import grpc
-from hdrh.histogram import HdrHistogram
 
 from loadtest.checks import Checker
+from loadtest.histogram import HIGHEST_US, Histogram, new_histogram
 
 __all__ = ["MODEL_INFER", "ClientFailure", "Share", "ShareResult", "new_histogram", "run_share"]
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-# Microseconds, 1 us .. 1 hour, 3 significant digits (0.1 % resolution).
-_HIGHEST_US = 3_600_000_000
 
 
 class ClientFailure(RuntimeError):
     """A client process failed (not a call: calls' failures are counted in the result)."""
 
 
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(1, _HIGHEST_US, 3)
-
-
 def _us(seconds: float) -> int:
-    return min(_HIGHEST_US, max(1, round(seconds * 1e6)))
+    return min(HIGHEST_US, max(1, round(seconds * 1e6)))
 
 
 @dataclass(frozen=True)
@@ -66,8 +60,8 @@ class Share:
 
 @dataclass
 class ShareResult:
-    latency: bytes  # encoded HdrHistogram, microseconds, correct answers only
-    send_lag: bytes  # encoded HdrHistogram: how late each call left against its intended time
+    latency: bytes  # encoded loadtest.histogram, microseconds, correct answers only
+    send_lag: bytes  # encoded loadtest.histogram: how late each call left against its intended time
     ok: int
     wrong: int
     wrong_example: str | None
@@ -80,8 +74,8 @@ class ShareResult:
 
 @dataclass
 class _State:
-    latency: HdrHistogram = field(default_factory=new_histogram)
-    send_lag: HdrHistogram = field(default_factory=new_histogram)
+    latency: Histogram = field(default_factory=new_histogram)
+    send_lag: Histogram = field(default_factory=new_histogram)
     ok: int = 0
     wrong: int = 0
     wrong_example: str | None = None

@@ -6,6 +6,7 @@ when pyproject.toml changes. Standard library only (the base image has nothing e
     python3 requirements.py pyproject.toml --extra tf               # core + the tf extra
     python3 requirements.py pyproject.toml --extra torch --without torch
     python3 requirements.py pyproject.toml --extra tf --swap tensorflow-cpu=tensorflow[and-cuda]
+    python3 requirements.py pyproject.toml --extra torch --swap "onnxruntime=onnxruntime-gpu<1.27"
     python3 requirements.py pyproject.toml --only grpcio-tools      # one pinned requirement
 """
 
@@ -18,6 +19,9 @@ import tomllib
 from pathlib import Path
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# A version specifier of its own in a swap's NEW (`onnxruntime-gpu<1.27`): NEW replaces the
+# whole requirement; without one (`tensorflow[and-cuda]`) the old specifier is kept.
+_SPECIFIER = re.compile(r"[<>=!~]")
 
 
 def _name(requirement: str) -> str:
@@ -72,8 +76,13 @@ def requirements(
         if name in dropped:
             continue
         if name in renamed:
-            # Keep the version specifier, change the distribution (e.g. the GPU build).
-            lines.append(renamed[name] + requirement[len(_NAME.match(requirement)[0]) :])  # type: ignore[index]
+            new = renamed[name]
+            if _SPECIFIER.search(new):
+                # Another distribution with versions of its own (a GPU build's CUDA line).
+                lines.append(new)
+            else:
+                # Keep the version specifier, change the distribution (e.g. the GPU build).
+                lines.append(new + requirement[len(_NAME.match(requirement)[0]) :])  # type: ignore[index]
         else:
             lines.append(requirement)
     return lines

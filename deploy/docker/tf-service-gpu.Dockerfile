@@ -1,32 +1,38 @@
-# The TensorFlow service on NVIDIA GPUs (tensorflow[and-cuda]); otherwise as tf-service.Dockerfile.
+# The TensorFlow service on NVIDIA GPUs (tensorflow[and-cuda], onnxruntime-gpu,
+# TWINSERVE_DEVICE=cuda); otherwise as tf-service.Dockerfile.
 # Build from the repository root:  docker build -f deploy/docker/tf-service-gpu.Dockerfile .
 # Run with the NVIDIA container toolkit: docker run --gpus all ...
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+ARG BASE_IMAGE=python:3.11-slim
 
-# The CUDA base brings the driver hooks of the NVIDIA container runtime; the CUDA and cuDNN
-# libraries come with the framework's wheels (nvidia-* packages), so they match its build.
+# The same Python base as every other image (one interpreter for the CPU-vs-GPU comparison): no
+# CUDA base image is needed. The NVIDIA container runtime mounts the driver (libcuda) into any
+# image given a GPU (docker --gpus, Compose's device reservation, the device plugin); the CUDA
+# and cuDNN libraries come with the framework's wheels (nvidia-* packages), so they match its
+# build. NVIDIA_VISIBLE_DEVICES is left to whoever grants the GPU, so a pod or container that
+# requests none sees none.
 FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DEBIAN_FRONTEND=noninteractive
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 # On every stage, so `docker image prune --filter label=org.opencontainers.image.title=twinserve`
 # finds all of this project's images (the classic builder's stage cache included).
 LABEL org.opencontainers.image.title="twinserve"
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
 
 # The requirement lists, read from pyproject.toml. The stages below copy in the lists alone,
 # so an edit elsewhere in pyproject.toml (another extra, tool settings) rebuilds nothing.
 FROM base AS requirements
 WORKDIR /src
 COPY pyproject.toml deploy/docker/requirements.py ./
+# ONNX Runtime's CUDA build in place of the CPU one (never both: they write the same package).
+# PyPI's onnxruntime-gpu follows one CUDA major per release: 1.19 to 1.26 are CUDA 12 and cuDNN 9,
+# as the framework's wheels here; 1.27 on are CUDA 13 (gpu_check.py below fails the build on a
+# mismatch). Another CUDA line of the framework: set this to match.
+ARG ONNXRUNTIME_GPU="onnxruntime-gpu>=1.20,<1.27"
 RUN python3 requirements.py pyproject.toml --only grpcio-tools > tools.txt \
     && python3 requirements.py pyproject.toml > core.txt \
     && python3 requirements.py pyproject.toml --extra tf \
-        --swap "tensorflow-cpu=tensorflow[and-cuda]" > extra.txt
+        --swap "tensorflow-cpu=tensorflow[and-cuda]" --swap "onnxruntime=${ONNXRUNTIME_GPU}" \
+        > extra.txt
 
 # Generated protobuf code is built, never committed: the same protoc call as `make proto`
 # (without the .pyi stubs' mypy plugin, which only type checking needs).
@@ -62,15 +68,28 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/twinserve tw
     && chown -R 10001:10001 /models /var/lib/twinserve
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=build /opt/app /opt/venv
-COPY deploy/docker/healthcheck.py /opt/twinserve/healthcheck.py
+COPY deploy/docker/healthcheck.py deploy/docker/gpu_check.py /opt/twinserve/
+# The nvidia-* wheels' libraries on the loader's path: torch and TensorFlow find them from their
+# own location, ONNX Runtime's CUDA provider only through the loader.
+RUN find /opt/venv/lib -type d -path "*/site-packages/nvidia/*/lib" \
+        > /etc/ld.so.conf.d/twinserve-nvidia-wheels.conf \
+    && ldconfig
+# TF_FORCE_GPU_ALLOW_GROWTH: TensorFlow takes GPU memory as it goes instead of nearly all of it at
+# the first op, leaving room for ONNX Runtime's CUDA provider in this process and for the PyTorch
+# service where they share a GPU (Compose's gpu profile).
 ENV PATH=/opt/venv/bin:$PATH \
     TWINSERVE_HOST=0.0.0.0 \
     TWINSERVE_PORT=8500 \
+    TWINSERVE_DEVICE=cuda \
     TWINSERVE_MODEL_REPOSITORY=/models \
     TWINSERVE_DATA_DIR=/var/lib/twinserve/data \
     TWINSERVE_TENSORBOARD_DIR=/var/lib/twinserve/runs \
-    TF_CPP_MIN_LOG_LEVEL=2
-RUN python -c "import tf_service.backend, serving.pb.inference_pb2_grpc"
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    TF_FORCE_GPU_ALLOW_GROWTH=true \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=12.0"
+RUN python -c "import tf_service.backend, serving.pb.inference_pb2_grpc" \
+    && python /opt/twinserve/gpu_check.py
 USER 10001:10001
 WORKDIR /home/twinserve
 VOLUME ["/models"]

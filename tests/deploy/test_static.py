@@ -7,17 +7,26 @@ against Kubernetes 1.32 (a resource without a schema fails), then assertions on 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import shlex
+import shutil
+import sys
 from functools import cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+from serving.app.settings import ServiceSettings
 from tests.deploy.tools import (
     COMPOSE_FILE,
+    DEPLOY,
     DOCKERFILES,
     KUSTOMIZATIONS,
+    ROOT,
     load_all,
     run,
     tool,
@@ -25,12 +34,28 @@ from tests.deploy.tools import (
 
 KUBERNETES_VERSION = "1.32.0"
 IMAGES = {"tf-service", "torch-service", "gateway", "loadtest"}
-WORKLOADS = ("cpu", "gpu", "tls")
+# The gpu overlay with components/nvidia-runtime (runtimeClassName: nvidia on the GPU pods).
+RENDERED = {
+    **KUSTOMIZATIONS,
+    "gpu-runtime": DEPLOY / "kubernetes" / "overlays" / "gpu-nvidia-runtime",
+}
+WORKLOADS = ("cpu", "gpu", "tls", "gpu-runtime")
+GPU_OVERLAYS = ("gpu", "gpu-runtime")
+GPU_SERVICES = ("tf-service", "torch-service")
+# Every image's Python: one interpreter, so the CPU-vs-GPU comparison compares devices alone.
+PYTHON_BASE = "python:3.11-slim"
+# The debootstrap base the Docker tests build on (no registry here): its suite's python3.
+DEBIAN_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+# The setting the services read the device from, as an environment variable.
+DEVICE_VARIABLE = f"{ServiceSettings.model_config['env_prefix']}DEVICE"
+GPU = "nvidia.com/gpu"
+ADAPTER_RULES = DEPLOY / "monitoring" / "prometheus-adapter-rules.yaml"
+ENGINE_METRICS = ROOT / "serving" / "engine" / "metrics.py"
 
 
 @cache
 def rendered(name: str) -> str:
-    return run(["kubectl", "kustomize", str(KUSTOMIZATIONS[name])]).stdout
+    return run(["kubectl", "kustomize", str(RENDERED[name])]).stdout
 
 
 @cache
@@ -53,6 +78,87 @@ def pod_specs(name: str) -> dict[str, dict[str, Any]]:
 
 def env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def gpus(container: dict[str, Any]) -> dict[str, Any]:
+    """The container's nvidia.com/gpu request and limit ({} for none)."""
+    resources = container.get("resources", {})
+    return {
+        kind: resources[kind][GPU]
+        for kind in ("requests", "limits")
+        if GPU in resources.get(kind, {})
+    }
+
+
+def dockerfile(name: str) -> str:
+    return (DEPLOY / "docker" / f"{name}.Dockerfile").read_text()
+
+
+def instructions(text: str) -> list[str]:
+    """A Dockerfile's instructions, continuation lines joined, comments dropped."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [i.strip() for i in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines() if i.strip()]
+
+
+def stage(text: str, name: str | None) -> list[str]:
+    """The instructions of stage `name` (None: the last, the runtime stage)."""
+    found: dict[str | None, list[str]] = {}
+    current: list[str] = []
+    for instruction in instructions(text):
+        if instruction.startswith("FROM "):
+            words = instruction.split()
+            current = found.setdefault(words[3] if len(words) > 3 else "<unnamed>", [])
+            found[None] = current
+        current.append(instruction)
+    return found[name]
+
+
+def env_of_image(text: str) -> dict[str, str]:
+    """The ENV values the runtime stage sets."""
+    values: dict[str, str] = {}
+    for instruction in stage(text, None):
+        if instruction.startswith("ENV "):
+            for word in shlex.split(instruction[4:]):
+                key, _, value = word.partition("=")
+                values[key] = value
+    return values
+
+
+@cache
+def requirement_lists(name: str) -> dict[str, list[str]]:
+    """What an image's requirements stage writes (core.txt, extra.txt, ...), by running its RUN
+    line here with the ARG defaults, on this repository's pyproject.toml."""
+    instructions_ = stage(dockerfile(name), "requirements")
+    args = {}
+    for instruction in instructions_:
+        if instruction.startswith("ARG "):
+            key, _, value = instruction[4:].partition("=")
+            args[key] = shlex.split(value)[0] if value else ""
+    (command,) = [i[4:] for i in instructions_ if i.startswith("RUN ")]
+    for key, value in args.items():
+        command = command.replace(f"${{{key}}}", value).replace(f"${key}", value)
+    assert "$" not in command, command
+    workdir = Path(run(["mktemp", "-d"]).stdout.strip())
+    try:
+        shutil.copy(ROOT / "pyproject.toml", workdir)
+        shutil.copy(DEPLOY / "docker" / "requirements.py", workdir)
+        command = re.sub(r"\bpython3 ", f"{shlex.quote(sys.executable)} ", command)
+        run(["bash", "-euc", f"cd {shlex.quote(str(workdir))} && {command}"])
+        return {p.name: p.read_text().split() for p in sorted(workdir.glob("*.txt"))}
+    finally:
+        shutil.rmtree(workdir)
+
+
+def distribution(requirement: str) -> str:
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert name, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def installed(name: str) -> set[str]:
+    """The distributions an image installs into /opt/venv (tools.txt is the protoc venv's)."""
+    lists = requirement_lists(name)
+    return {distribution(r) for key, rs in lists.items() if key != "tools.txt" for r in rs}
 
 
 # --- Dockerfiles -----------------------------------------------------------------------
@@ -84,10 +190,84 @@ def test_dockerfile_conventions(dockerfile: Any) -> None:
     if "loadtest" not in dockerfile.name:
         assert "HEALTHCHECK" in runtime and "healthcheck.py" in runtime
     if "gpu" in dockerfile.name:
-        assert "nvidia/cuda:" in text
         assert "tensorflow[and-cuda]" in text or "whl/cu" in text
+    # One Python across the images, the GPU ones included (no CUDA base with its own python3).
+    assert f"ARG BASE_IMAGE={PYTHON_BASE}\n" in text
+    assert not re.search(r"apt-get install[^\n]*python", text)
+
+
+def test_one_python_version_across_every_image() -> None:
+    bases = {
+        path.name: re.findall(r"^ARG BASE_IMAGE=(\S+)$", path.read_text(), flags=re.MULTILINE)
+        for path in DOCKERFILES
+    }
+    assert {tuple(b) for b in bases.values()} == {(PYTHON_BASE,)}, bases
+    # Every build stage starts from that base (no other FROM image slips in).
+    for path in DOCKERFILES:
+        sources = re.findall(r"^FROM (\S+)", path.read_text(), flags=re.MULTILINE)
+        assert set(sources) == {"${BASE_IMAGE}", "base", "deps"}, (path.name, sources)
+    # The Docker tests' debootstrap base (standing in for the public one) has that Python too.
+    script = (DEPLOY / "scripts" / "debootstrap-base.sh").read_text()
+    (suite,) = re.findall(r"^suite=(\S+)$", script, flags=re.MULTILINE)
+    version = re.fullmatch(r"python:(\d+\.\d+)-slim", PYTHON_BASE)
+    assert version and DEBIAN_PYTHON[suite] == version.group(1)
+
+
+@pytest.mark.parametrize("name", ["tf-service-gpu", "torch-service-gpu"])
+def test_gpu_images_run_on_cuda_with_onnxruntime_gpu_alone(name: str) -> None:
+    text = dockerfile(name)
+    image_env = env_of_image(text)
+    assert image_env[DEVICE_VARIABLE] == "cuda"
+    assert "compute" in image_env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    # NVIDIA_VISIBLE_DEVICES comes from whoever grants the GPU: a container without one sees none.
+    assert "NVIDIA_VISIBLE_DEVICES" not in image_env
+    packages = installed(name)
+    assert "onnxruntime-gpu" in packages
+    assert "onnxruntime" not in packages, "both builds write the same `onnxruntime` package"
+    (ort,) = [
+        r for rs in requirement_lists(name).values() for r in rs if r.startswith("onnxruntime")
+    ]
+    # A CUDA 12 line (PyPI's 1.27 on are CUDA 13), as the frameworks' wheels here.
+    assert "<1.27" in ort, ort
+    if name == "tf-service-gpu":
+        assert "tensorflow-cpu" not in packages
+        assert any(
+            r.startswith("tensorflow[and-cuda]==") for r in requirement_lists(name)["extra.txt"]
+        )
+        assert image_env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     else:
-        assert "ARG BASE_IMAGE=python:3.11-slim" in text
+        assert re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", text)
+    # The runtime stage puts the nvidia-* wheels' libraries on the loader's path and checks at
+    # build time that the CUDA provider is there and finds every library it links.
+    runtime = " ".join(stage(text, None))
+    assert "/etc/ld.so.conf.d/" in runtime and "ldconfig" in runtime
+    assert "python /opt/twinserve/gpu_check.py" in runtime
+
+
+@pytest.mark.parametrize("name", ["tf-service", "torch-service", "gateway", "loadtest"])
+def test_cpu_images_keep_the_cpu_builds(name: str) -> None:
+    packages = installed(name)
+    assert not {p for p in packages if "gpu" in p or "cuda" in p}, packages
+    if name in ("tf-service", "torch-service"):
+        assert "onnxruntime" in packages
+        assert DEVICE_VARIABLE not in env_of_image(dockerfile(name))
+    if name == "gateway":
+        assert not {"onnxruntime", "tensorflow-cpu", "torch"} & packages
+
+
+def _gpu_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", DEPLOY / "docker" / "gpu_check.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_refuses_the_cpu_onnxruntime() -> None:
+    # This venv has the CPU build: the GPU images' build-time check must fail on it.
+    problems = _gpu_check().problems()
+    assert any("CPU build `onnxruntime` is installed" in p for p in problems), problems
+    assert any("onnxruntime-gpu is not installed" in p for p in problems), problems
 
 
 # --- Compose ---------------------------------------------------------------------------
@@ -155,10 +335,36 @@ def test_compose_publishes_only_the_gateways_and_gpus_only_in_the_gpu_profile() 
     assert services["loadtest"]["profiles"] == ["loadtest"]
 
 
+def test_compose_gpu_profile_runs_on_the_gpu_and_seeds_on_the_cpu_images() -> None:
+    services = compose()["services"]
+    for name in ("tf-service-gpu", "torch-service-gpu"):
+        service = services[name]
+        assert service["environment"][DEVICE_VARIABLE] == "cuda", name
+        assert service["image"].rsplit(":", 1)[0].endswith(f"/{name}"), name
+        assert service["build"]["dockerfile"] == f"deploy/docker/{name}.Dockerfile"
+        # Its models come from the CPU image's seed container, which takes no GPU.
+        (seed,) = [s for s in service["depends_on"] if s.endswith("-seed")]
+        assert services[seed]["image"].rsplit(":", 1)[0].endswith(name.removesuffix("-gpu"))
+    assert services["tf-service-gpu"]["environment"]["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    # Exactly the services on the GPU reserve one; every other runs on the CPU.
+    on_gpu = {
+        n for n, s in services.items() if s.get("environment", {}).get(DEVICE_VARIABLE) == "cuda"
+    }
+    reserving = {
+        n
+        for n, s in services.items()
+        if s.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    }
+    assert on_gpu == reserving == {"tf-service-gpu", "torch-service-gpu"}
+    # The -gpu images too (gateway-gpu is the gateway's image, framework-free).
+    gpu_images = {n for n, s in services.items() if "-gpu:" in s["image"]}
+    assert gpu_images == on_gpu
+
+
 # --- Kubernetes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+@pytest.mark.parametrize("name", sorted(RENDERED))
 def test_kustomization_validates_strictly(name: str) -> None:
     result = run(
         [
@@ -179,27 +385,135 @@ def test_kustomization_validates_strictly(name: str) -> None:
     assert report.count("passed for resource") == len(resources(name))
 
 
-def test_gpu_limits_only_in_the_gpu_overlay() -> None:
-    for name in ("cpu", "tls", "loadtest"):
-        assert "nvidia.com/gpu" not in rendered(name), name
-    gpu = of_kind("gpu", "Deployment")
-    for service in ("tf-service", "torch-service"):
-        spec = gpu[service]["spec"]["template"]["spec"]
+@pytest.mark.parametrize("name", [*WORKLOADS, "loadtest"])
+def test_gpus_requested_by_exactly_the_pods_on_cuda(name: str) -> None:
+    """nvidia.com/gpu (request = limit = 1) on the GPU overlays' framework services alone, and
+    exactly those run on CUDA (TWINSERVE_DEVICE, the services' `device` setting) and the -gpu
+    images; the seed Job, the gateway and every CPU overlay take none."""
+    assert "device" in ServiceSettings.model_fields
+    taking, on_cuda, gpu_images = set(), set(), set()
+    for workload, spec in pod_specs(name).items():
+        for container in spec["containers"]:
+            key = (workload, container["name"])
+            if gpus(container):
+                assert gpus(container) == {"requests": 1, "limits": 1}, key
+                taking.add(key)
+            if env(container).get(DEVICE_VARIABLE, "cpu") != "cpu":
+                assert env(container)[DEVICE_VARIABLE] == "cuda", key
+                on_cuda.add(key)
+            if "-gpu:" in container["image"]:
+                gpu_images.add(key)
+    expected = {(s, s) for s in GPU_SERVICES} if name in GPU_OVERLAYS else set()
+    assert taking == on_cuda == gpu_images == expected
+    if not expected:
+        assert GPU not in rendered(name)
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_services_are_scheduled_on_gpu_nodes(name: str) -> None:
+    deployments = of_kind(name, "Deployment")
+    for service in GPU_SERVICES:
+        spec = deployments[service]["spec"]["template"]["spec"]
         (container,) = spec["containers"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert container["image"].startswith(f"twinserve/{service}-gpu:")
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
-            "tolerations"
-        ]
-        assert spec["nodeSelector"]
-    (gateway,) = gpu["gateway"]["spec"]["template"]["spec"]["containers"]
-    assert "nvidia.com/gpu" not in gateway["resources"]["limits"]
-    (torch,) = gpu["torch-service"]["spec"]["template"]["spec"]["containers"]
-    assert env(torch)["TWINSERVE_DEVICE"] == "cuda"
-    for container in of_kind("cpu", "Deployment")["tf-service"]["spec"]["template"]["spec"][
-        "containers"
-    ]:
-        assert "-gpu" not in container["image"]
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    (tf,) = deployments["tf-service"]["spec"]["template"]["spec"]["containers"]
+    assert env(tf)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    gateway = deployments["gateway"]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in gateway and "tolerations" not in gateway
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_the_gpu_seed_job_runs_the_cpu_images_beside_the_gpu_pods(name: str) -> None:
+    specs = pod_specs(name)
+    seed = specs["twinserve-seed"]
+    images = {c["name"]: c["image"].split(":")[0] for c in seed["containers"]}
+    assert images == {"tensorflow": "twinserve/tf-service", "pytorch": "twinserve/torch-service"}
+    for container in seed["containers"]:
+        assert not gpus(container), container["name"]
+        assert env(container).get(DEVICE_VARIABLE, "cpu") == "cpu"
+    # The CPU images bake in no device: the seed trains on the CPU.
+    assert DEVICE_VARIABLE not in env_of_image(dockerfile("tf-service"))
+    assert DEVICE_VARIABLE not in env_of_image(dockerfile("torch-service"))
+    # It writes the claim the GPU pods read: placed with them (a ReadWriteOnce claim is one
+    # node's), and tolerating their taint, without taking a GPU or the NVIDIA runtime.
+    tf = specs["tf-service"]
+    assert seed["nodeSelector"] == tf["nodeSelector"]
+    assert seed["tolerations"] == tf["tolerations"]
+    assert "runtimeClassName" not in seed
+    # The CPU overlays' seed Job is the base's, with no GPU placement.
+    for cpu in ("cpu", "tls"):
+        assert "nodeSelector" not in pod_specs(cpu)["twinserve-seed"]
+
+
+def test_the_nvidia_runtime_class_is_an_option_of_the_gpu_overlay() -> None:
+    component = DEPLOY / "kubernetes" / "components" / "nvidia-runtime" / "kustomization.yaml"
+    assert load_all(component.read_text())[0]["kind"] == "Component"
+    for name in (*WORKLOADS, "loadtest"):
+        classes = {
+            workload: spec.get("runtimeClassName") for workload, spec in pod_specs(name).items()
+        }
+        if name == "gpu-runtime":
+            # Exactly the pods that take a GPU.
+            assert classes == {
+                "tf-service": "nvidia",
+                "torch-service": "nvidia",
+                "gateway": None,
+                "twinserve-seed": None,
+            }
+        else:
+            assert set(classes.values()) == {None}, name
+    # Documented where the option is taken: the gpu overlay and the README.
+    overlay = (RENDERED["gpu"] / "kustomization.yaml").read_text()
+    assert "../../components/nvidia-runtime" in overlay
+    assert "components/nvidia-runtime" in (ROOT / "README.md").read_text()
+
+
+def _adapter_metrics() -> dict[str, str]:
+    """The Prometheus adapter's custom metrics: name served -> the series it is made from."""
+    rules = load_all(ADAPTER_RULES.read_text())[0]["rules"]["custom"]
+    metrics = {}
+    for rule in rules:
+        series = re.match(r"[a-z_]+", rule["seriesQuery"].strip("'"))
+        assert series, rule
+        assert re.fullmatch(rule["name"]["matches"], series.group(0)), rule
+        assert rule["resources"]["overrides"] == {
+            "namespace": {"resource": "namespace"},
+            "pod": {"resource": "pod"},
+        }
+        assert "<<.LabelMatchers>>" in rule["metricsQuery"]
+        assert "by (<<.GroupBy>>)" in rule["metricsQuery"]
+        metrics[rule["name"]["as"]] = series.group(0)
+    return metrics
+
+
+def test_the_adapter_rules_read_metrics_the_services_export() -> None:
+    exported = set(re.findall(r'"(twinserve_[a-z_]+)"', ENGINE_METRICS.read_text()))
+    for served, series in _adapter_metrics().items():
+        base = re.sub(r"_(total|count|sum|bucket)$", "", series)
+        assert base in exported, (served, series)
+    # The label the adapter maps series to pods by: prometheus.yml's pod job sets both.
+    config = load_all((DEPLOY / "monitoring" / "prometheus.yml").read_text())[0]
+    (pods,) = [j for j in config["scrape_configs"] if j["job_name"] == "twinserve-pods"]
+    targets = {r.get("target_label") for r in pods["relabel_configs"]}
+    assert {"namespace", "pod"} <= targets
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_gpu_pods_scale_on_request_rate_and_queue_time_not_cpu(name: str) -> None:
+    hpas = of_kind(name, "HorizontalPodAutoscaler")
+    served = _adapter_metrics()
+    for target, hpa in hpas.items():
+        metrics = hpa["spec"]["metrics"]
+        if name in GPU_OVERLAYS and target in GPU_SERVICES:
+            assert {m["type"] for m in metrics} <= {"Pods", "Object"}, target
+            names = {m[m["type"].lower()]["metric"]["name"] for m in metrics}
+            assert names == set(served), target
+            assert all(m["pods"]["target"]["type"] == "AverageValue" for m in metrics)
+        else:
+            # CPU pods (and the gateway everywhere) scale on CPU.
+            assert [m["resource"]["name"] for m in metrics if m["type"] == "Resource"] == ["cpu"]
 
 
 @pytest.mark.parametrize("name", [*WORKLOADS, "loadtest"])
@@ -299,12 +613,13 @@ def test_models_live_on_a_claim_and_the_seed_job_fills_it(name: str) -> None:
             assert mounts["models"]["mountPath"] == "/models"
             image = container["image"].split("/")[-1].split(":")[0]
             repositories[workload, image] = env(container)["TWINSERVE_MODEL_REPOSITORY"]
-    suffix = "-gpu" if name == "gpu" else ""
+    suffix = "-gpu" if name in GPU_OVERLAYS else ""
     assert repositories == {
         ("tf-service", f"tf-service{suffix}"): "/models/tensorflow",
         ("torch-service", f"torch-service{suffix}"): "/models/pytorch",
-        ("twinserve-seed", f"tf-service{suffix}"): "/models/tensorflow",
-        ("twinserve-seed", f"torch-service{suffix}"): "/models/pytorch",
+        # The seed Job runs the CPU images everywhere.
+        ("twinserve-seed", "tf-service"): "/models/tensorflow",
+        ("twinserve-seed", "torch-service"): "/models/pytorch",
     }
     seed = specs["twinserve-seed"]
     assert [c["args"] for c in seed["containers"]] == [["seed"], ["seed"]]

@@ -135,7 +135,8 @@ DEPLOY_STAMP := $(VENV)/.installed-deploy
 COMPOSE := $(VENV)/bin/docker-compose -f deploy/compose/compose.yaml
 IMAGE_PREFIX ?= twinserve
 IMAGE_TAG ?= latest
-# Empty: each Dockerfile's public default (python:3.11-slim, or the CUDA base for -gpu).
+# Empty: each Dockerfile's public default (python:3.11-slim, the -gpu images too: the CUDA
+# libraries come with the framework wheels, the driver from the NVIDIA runtime).
 BASE_IMAGE ?=
 IMAGES := tf-service torch-service gateway $(if $(wildcard loadtest/__main__.py),loadtest)
 GPU_IMAGES := tf-service-gpu torch-service-gpu
